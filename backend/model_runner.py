@@ -1,0 +1,88 @@
+"""ModelRunner: owns the model and the KV cache tensors; turns a scheduled batch into input
+tensors (input ids, positions, slot mapping, per-request context slots), runs the forward pass,
+and samples one token for every request whose step reaches its last known token."""
+import logging
+
+import psutil
+import torch
+
+from backend.config import EngineConfig
+from backend.models.attention import AttentionMetadata, PrefillChunk
+from backend.models.spec import ModelSpec
+from backend.sampler import sample
+from backend.scheduler import ScheduledBatch
+
+log = logging.getLogger(__name__)
+
+
+def kv_cache_num_blocks(config: EngineConfig, spec: ModelSpec, dtype: torch.dtype, max_seq_len: int) -> tuple[int, str]:
+    """Blocks in the paged KV cache and a note on where the number came from."""
+    bytes_per_token = spec.kv_bytes_per_token * torch.finfo(dtype).bits // 8
+    if config.max_tokens_in_paged_kv_cache is not None:
+        blocks = -(-config.max_tokens_in_paged_kv_cache // config.tokens_per_block)
+        return blocks, f"max_tokens_in_paged_kv_cache={config.max_tokens_in_paged_kv_cache}"
+    avail = psutil.virtual_memory().available
+    tokens = int(avail * config.kv_cache_free_mem_fraction) // bytes_per_token
+    # More than every slot at full length could ever use would only waste memory.
+    tokens = min(tokens, config.max_batch_size * max_seq_len)
+    return max(1, tokens // config.tokens_per_block), (
+        f"kv_cache_free_mem_fraction={config.kv_cache_free_mem_fraction} of {avail / 2**30:.1f} GiB available,"
+        f" capped at max_batch_size x max_seq_len")
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, model, spec: ModelSpec, num_blocks: int, dtype: torch.dtype):
+        self.config = config
+        self.model = model
+        self.spec = spec
+        self.block_size = config.tokens_per_block
+        slots = num_blocks * self.block_size
+        shape = (spec.num_layers, slots, spec.num_kv_heads, spec.head_dim)
+        self.k_cache = torch.zeros(shape, dtype=dtype)     # [layers, slots, Hkv, D]
+        self.v_cache = torch.zeros(shape, dtype=dtype)
+        for i, layer in enumerate(model.model.layers):
+            layer.self_attn.k_cache, layer.self_attn.v_cache = self.k_cache[i], self.v_cache[i]
+        self.kv_cache_bytes = 2 * self.k_cache.numel() * self.k_cache.element_size()
+
+    def _slots(self, block_table: list[int], start: int, end: int) -> torch.Tensor:
+        pos = torch.arange(start, end)
+        table = torch.tensor(block_table, dtype=torch.long)
+        return table[pos // self.block_size] * self.block_size + pos % self.block_size
+
+    def prepare(self, batch: ScheduledBatch):
+        input_ids, positions, slot_mapping = [], [], []
+        decode_rows, decode_slots, prefills, logits_rows, sample_seqs = [], [], [], [], []
+        row = 0
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
+            input_ids.extend(seq.token_ids[start:end])
+            positions.append(torch.arange(start, end))
+            slot_mapping.append(self._slots(seq.block_table, start, end))
+            if n == 1 and start > 0:
+                decode_rows.append(row)
+                decode_slots.append(self._slots(seq.block_table, 0, end))
+            else:
+                prefills.append(PrefillChunk(row, n, self._slots(seq.block_table, 0, end)))
+            row += n
+            if end == seq.num_tokens:                    # this step reaches the newest token: sample
+                logits_rows.append(row - 1)
+                sample_seqs.append(seq)
+        meta = AttentionMetadata(slot_mapping=torch.cat(slot_mapping), prefills=prefills)
+        if decode_rows:
+            longest = max(s.shape[0] for s in decode_slots)
+            slots = torch.zeros(len(decode_slots), longest, dtype=torch.long)
+            mask = torch.zeros(len(decode_slots), 1, 1, longest, dtype=torch.bool)
+            for i, s in enumerate(decode_slots):
+                slots[i, :s.shape[0]] = s
+                mask[i, ..., :s.shape[0]] = True
+            meta.decode_rows, meta.decode_slots, meta.decode_mask = torch.tensor(decode_rows), slots, mask
+        return (torch.tensor(input_ids, dtype=torch.long), torch.cat(positions), meta,
+                torch.tensor(logits_rows, dtype=torch.long), sample_seqs)
+
+    @torch.inference_mode()
+    def run(self, batch: ScheduledBatch):
+        """Returns [(seq, token_id, logprob)] for the requests that produced a token this step."""
+        input_ids, positions, meta, logits_rows, sample_seqs = self.prepare(batch)
+        logits = self.model(input_ids, positions, meta, logits_rows)     # [R, V]
+        tokens, logprobs = sample(logits, sample_seqs)
+        return list(zip(sample_seqs, tokens, logprobs))

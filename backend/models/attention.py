@@ -1,0 +1,92 @@
+"""Attention over the paged KV cache, for a batch that mixes prefills and decodes.
+
+Legend: N new tokens in the step, Hq query heads, Hkv KV heads, D head dim, B_d decoding
+requests, L longest context among them. The cache of one layer is k_cache/v_cache
+[num_slots, Hkv, D] (num_slots = num_blocks * tokens_per_block); a token's slot is
+block_table[pos // block] * block + pos % block. The model runner fills AttentionMetadata
+once per step; every layer reads it.
+"""
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from backend.models.layers import RMSNorm, apply_rotary
+from backend.models.spec import ModelSpec
+
+
+@dataclass
+class PrefillChunk:
+    start: int                 # first row of this request in the step's N tokens
+    num_new: int               # query tokens in this step
+    slots: torch.Tensor        # [ctx] cache slots of the whole context so far (cached + new)
+
+
+@dataclass
+class AttentionMetadata:
+    slot_mapping: torch.Tensor                 # [N] where each new token's K/V go
+    decode_rows: torch.Tensor | None = None    # [B_d] rows of decode tokens in N
+    decode_slots: torch.Tensor | None = None   # [B_d, L] context slots, padded with 0
+    decode_mask: torch.Tensor | None = None    # [B_d, 1, 1, L] True where the slot is real
+    prefills: list[PrefillChunk] = field(default_factory=list)
+
+
+class Attention(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        hq, hkv, d = spec.num_heads, spec.num_kv_heads, spec.head_dim
+        self.q_proj = nn.Linear(spec.hidden_size, hq * d, bias=spec.qkv_bias)
+        self.k_proj = nn.Linear(spec.hidden_size, hkv * d, bias=spec.qkv_bias)
+        self.v_proj = nn.Linear(spec.hidden_size, hkv * d, bias=spec.qkv_bias)
+        self.o_proj = nn.Linear(hq * d, spec.hidden_size, bias=False)
+        if spec.qk_norm == "head":
+            self.q_norm, self.k_norm = RMSNorm(d, spec.rms_norm_eps), RMSNorm(d, spec.rms_norm_eps)
+        elif spec.qk_norm == "full":
+            self.q_norm, self.k_norm = RMSNorm(hq * d, spec.rms_norm_eps), RMSNorm(hkv * d, spec.rms_norm_eps)
+        self.scale = d ** -0.5
+        self.k_cache = self.v_cache = None     # bound by the model runner
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        s = self.spec
+        n = x.shape[0]
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)       # [N, H*D]
+        if s.qk_norm == "full":
+            q, k = self.q_norm(q), self.k_norm(k)
+        if s.clip_qkv is not None:
+            q, k, v = (t.clamp(-s.clip_qkv, s.clip_qkv) for t in (q, k, v))
+        q = q.view(n, s.num_heads, s.head_dim)                          # [N, Hq, D]
+        k = k.view(n, s.num_kv_heads, s.head_dim)                       # [N, Hkv, D]
+        v = v.view(n, s.num_kv_heads, s.head_dim)
+        if s.qk_norm == "head":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+        self.k_cache[meta.slot_mapping] = k.to(self.k_cache.dtype)
+        self.v_cache[meta.slot_mapping] = v.to(self.v_cache.dtype)
+
+        out = torch.empty_like(q)                                       # [N, Hq, D]
+        if meta.decode_rows is not None:
+            qd = q[meta.decode_rows].unsqueeze(2)                       # [B_d, Hq, 1, D]
+            kd = self.k_cache[meta.decode_slots].transpose(1, 2).to(q.dtype)   # [B_d, Hkv, L, D]
+            vd = self.v_cache[meta.decode_slots].transpose(1, 2).to(q.dtype)
+            od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, scale=self.scale,
+                                                enable_gqa=True)         # [B_d, Hq, 1, D]
+            out[meta.decode_rows] = od.squeeze(2)
+        for p in meta.prefills:
+            rows = slice(p.start, p.start + p.num_new)
+            qp = q[rows].transpose(0, 1).unsqueeze(0)                   # [1, Hq, q, D]
+            ctx = p.slots.shape[0]
+            if ctx == p.num_new:                                        # whole prompt in this step
+                kp = k[rows].transpose(0, 1).unsqueeze(0)               # [1, Hkv, q, D]
+                vp = v[rows].transpose(0, 1).unsqueeze(0)
+                op = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=self.scale, enable_gqa=True)
+            else:                                                       # earlier context is in the cache
+                kp = self.k_cache[p.slots].transpose(0, 1).unsqueeze(0).to(q.dtype)   # [1, Hkv, ctx, D]
+                vp = self.v_cache[p.slots].transpose(0, 1).unsqueeze(0).to(q.dtype)
+                q_pos = torch.arange(ctx - p.num_new, ctx)[:, None]
+                mask = torch.arange(ctx)[None, :] <= q_pos              # [q, ctx] causal with offset
+                op = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, scale=self.scale, enable_gqa=True)
+            out[rows] = op.squeeze(0).transpose(0, 1)
+        return self.o_proj(out.reshape(n, -1))

@@ -1,0 +1,60 @@
+"""Per-request sampling: penalties, min_tokens, temperature, top-k, top-p, seeded draws.
+
+Each row is processed on its own with its request's own generator, so a seeded request draws
+the same tokens whatever its batch mates are.
+"""
+import torch
+
+from backend.sequence import Sequence
+
+
+def _needs_processing(seq: Sequence) -> bool:
+    p = seq.params
+    return (not p.greedy or p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
+            or seq.num_output_tokens < p.min_tokens or p.logprobs)
+
+
+def apply_penalties(row: torch.Tensor, seq: Sequence) -> torch.Tensor:
+    p = seq.params
+    if p.repetition_penalty != 1.0:      # HF semantics: over prompt and output
+        ids = torch.tensor(sorted(set(seq.token_ids)), dtype=torch.long)
+        vals = row[ids]
+        row[ids] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+    if (p.presence_penalty or p.frequency_penalty) and seq.output_token_ids:   # OpenAI semantics: output only
+        counts = torch.bincount(torch.tensor(seq.output_token_ids), minlength=row.shape[0]).to(row.dtype)
+        row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(row.dtype)
+    if seq.num_output_tokens < p.min_tokens:
+        banned = list(seq.eos_token_ids) + p.stop_token_ids
+        if banned:
+            row[torch.tensor(banned)] = float("-inf")
+    return row
+
+
+def sample_row(row: torch.Tensor, seq: Sequence) -> int:
+    p = seq.params
+    if p.greedy:
+        return int(row.argmax())
+    row = row / p.temperature
+    if p.top_k and p.top_k < row.shape[0]:
+        kth = torch.topk(row, p.top_k).values[-1]
+        row = row.masked_fill(row < kth, float("-inf"))
+    probs = torch.softmax(row, dim=-1)
+    if p.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        drop = sorted_probs.cumsum(0) - sorted_probs > p.top_p    # keep the smallest set reaching top_p
+        sorted_probs[drop] = 0.0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=seq.generator))
+
+
+def sample(logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], list[float | None]]:
+    """logits [R, V] fp32, one row per request -> one token (and optional logprob) per request."""
+    if not any(_needs_processing(s) for s in seqs):
+        return logits.argmax(dim=-1).tolist(), [None] * len(seqs)
+    tokens, logprobs = [], []
+    for row, seq in zip(logits, seqs):
+        row = apply_penalties(row.clone(), seq)
+        tok = sample_row(row, seq)
+        tokens.append(tok)
+        logprobs.append(float(torch.log_softmax(row, dim=-1)[tok]) if seq.params.logprobs else None)
+    return tokens, logprobs
