@@ -1,0 +1,44 @@
+"""Model-config `parameters` -> EngineConfig (the engine's settings) + AdapterSettings (the pollers').
+
+Values follow TRT-LLM's conventions: an empty string or an unfilled `${...}` template means unset.
+"""
+from dataclasses import dataclass, fields
+
+from backend.config import EngineConfig
+from backend.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AdapterSettings:
+    cancellation_check_period_ms: int = 100   # cancel poller for requests that are not streaming tokens yet
+    stats_check_period_ms: int = 100          # metrics gauges refresh while the engine is busy
+    stats_log_period_s: float = 5.0           # one-line stats log, like vLLM's
+
+    def __post_init__(self):
+        for f in fields(self):
+            if getattr(self, f.name) <= 0:
+                raise ConfigError(f.name, f"must be > 0, got {getattr(self, f.name)}")
+
+
+def is_unset(value: str) -> bool:
+    text = value.strip()
+    return text == "" or text.startswith("${")
+
+
+def parameters_of(model_config: dict) -> dict[str, str]:
+    """The `parameters` map of a parsed model config, as key -> string value."""
+    return {key: entry["string_value"] for key, entry in model_config.get("parameters", {}).items()}
+
+
+def load_settings(parameters: dict[str, str]) -> tuple[EngineConfig, AdapterSettings]:
+    adapter_keys = {f.name: f.type for f in fields(AdapterSettings)}
+    adapter = {}
+    for key in adapter_keys.keys() & parameters.keys():
+        if is_unset(parameters[key]):
+            continue
+        try:
+            adapter[key] = adapter_keys[key](parameters[key].strip())
+        except ValueError:
+            raise ConfigError(key, f"expected a number, got {parameters[key]!r}") from None
+    engine = EngineConfig.from_dict(parameters, ignore=adapter_keys)
+    return engine, AdapterSettings(**adapter)
