@@ -1,0 +1,1 @@
+"""Deployment artifacts and host tools (python -m deploy.numa_policy)."""
