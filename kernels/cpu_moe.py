@@ -1,0 +1,142 @@
+"""CpuExperts: the routed experts of one MoE layer, quantized and packed once, run by the fused CPU kernel.
+
+Legend: T tokens, K top-k slots, E experts, H hidden, I intermediate.
+Layouts: w13 [E, 2I, H] (gate rows over up rows, vLLM's w1), w2 [E, H, I]; topk_ids int64 [T, K]
+(-1 = masked slot), topk_weights fp32 [T, K]. forward returns [T, H] in x's dtype.
+The semantics are kernels/moe_reference.py with the weights quantized as kernels/quantize.py says;
+activations are rounded to the weight type on the way in (bf16, or int8 per row / per int4 group).
+"""
+import logging
+import math
+
+import torch
+
+from kernels import build, quantize
+from kernels.cpu_features import isa_summary, supported_variants, variant
+from kernels.moe_torch import TorchExperts
+
+log = logging.getLogger(__name__)
+WEIGHT_TYPE = {"fp32": 0, "bf16": 1, "int8": 2, "int4": 3}
+MAX_TOKENS_PER_CALL = 1024   # bounds the per-call activation buffers (about T * K * I * 5 bytes)
+
+
+def best_variant() -> str | None:
+    """The fastest variant that is built or builds here; None when none does (no compiler)."""
+    for v in supported_variants():
+        try:
+            build.load_variant(v.name)
+            return v.name
+        except build.BuildError as e:
+            log.warning("%s", e)
+    return None
+
+
+def describe_cpu() -> str:
+    """Detected ISA features and the kernel variant chosen for them, for the start-up log."""
+    best = best_variant()
+    chosen = f"fused_cpu/{best} ({build.load_variant(best).tiles} tiles)" if best else "torch (no extension)"
+    return f"{isa_summary()}; CPU MoE kernel: {chosen}"
+
+
+class CpuExperts:
+    """Packed routed experts for the fused CPU kernel; build with from_weights."""
+
+    def __init__(self, packed: dict[str, torch.Tensor], shape: tuple[int, int, int], geometry: tuple[int, int, int],
+                 expert_dtype: str, group_size: int, kernel: str):
+        self.packed = packed
+        self.num_experts, self.hidden_size, self.intermediate_size = shape
+        self.Hk, self.Hn, self.Ia = geometry
+        self.expert_dtype = expert_dtype
+        self.group_size = group_size
+        self.variant = kernel
+        self._ext = build.load_variant(kernel)
+        suffix = f"(g{group_size})" if expert_dtype == "int4" else ""
+        self.kernel_name = f"fused_cpu/{kernel} {expert_dtype}{suffix}"
+        self.nbytes = sum(t.numel() * t.element_size() for t in packed.values())
+
+    @classmethod
+    def from_weights(cls, w13: torch.Tensor, w2: torch.Tensor, expert_dtype: str = "int8", group_size: int = 64,
+                     kernel: str = "auto"):
+        """Quantize and pack w13 [E, 2I, H], w2 [E, H, I]. kernel: 'auto', a variant name or 'torch'.
+
+        'auto' picks the best variant this CPU runs and falls back to TorchExperts when none builds.
+        """
+        E, H, I = check_expert_weights(w13, w2)
+        if expert_dtype not in quantize.EXPERT_DTYPES:
+            raise ValueError(f"expert_dtype must be one of {quantize.EXPERT_DTYPES}, got {expert_dtype!r}")
+        if expert_dtype == "int4":
+            quantize.check_group_size(group_size)
+        if kernel == "auto":
+            kernel = best_variant() or "torch"
+            if kernel == "torch":
+                log.warning("no fused CPU MoE kernel could be built: routed experts run on torch ops (slower)")
+        if kernel == "torch":
+            return TorchExperts.from_weights(w13, w2, expert_dtype, group_size)
+        variant(kernel)   # names the valid variants when unknown
+        kmult = quantize.k_multiple(expert_dtype, group_size)
+        Hk, Hn = quantize.round_up(H, kmult), quantize.round_up(H, 32)
+        Ia = quantize.round_up(I, math.lcm(16, kmult))
+        if expert_dtype == "int8" and max(Hk, Ia) >= 65536:   # int32 sums of u8 * s8 products must not overflow
+            raise ValueError(f"int8 experts need hidden and intermediate sizes < 65536, got H={H}, I={I}")
+        parts = {"w13": [], "w2": []}
+        for e in range(E):   # one expert at a time keeps the float temporaries small
+            gate, up = w13[e, :I], w13[e, I:]
+            g = quantize.pack_matrix(gate, expert_dtype, Ia, Hk, group_size)
+            u = quantize.pack_matrix(up, expert_dtype, Ia, Hk, group_size)
+            parts["w13"].append({k: torch.cat([g[k], u[k]]) for k in g})          # gate blocks, then up blocks
+            parts["w2"].append(quantize.pack_matrix(w2[e], expert_dtype, Hn, Ia, group_size))
+        packed = {f"{m}_{k}": torch.stack([p[k] for p in parts[m]]) for m in parts for k in parts[m][0]}
+        return cls(packed, (E, H, I), (Hk, Hn, Ia), expert_dtype, group_size, kernel)
+
+    def expert_nbytes(self) -> int:
+        """Packed bytes of one expert (weights and scales): what one routed expert costs to read."""
+        return self.nbytes // self.num_experts
+
+    def forward(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
+        """x [T, H], topk_ids [T, K] (-1 = masked), topk_weights [T, K] -> [T, H] in x's dtype."""
+        check_routing(x, topk_ids, topk_weights, self.hidden_size)
+        x32 = x.detach().float().contiguous()                               # [T, H]
+        ids = topk_ids.detach().to(torch.int64).contiguous()                # [T, K]
+        w = topk_weights.detach().float().contiguous()                      # [T, K]
+        out = torch.zeros(x.shape[0], self.hidden_size, dtype=torch.float32)  # [T, H]
+        p = self.packed
+        for t0 in range(0, x.shape[0], MAX_TOKENS_PER_CALL):
+            t1 = min(t0 + MAX_TOKENS_PER_CALL, x.shape[0])
+            self._ext.moe_forward(
+                WEIGHT_TYPE[self.expert_dtype], self.group_size, t1 - t0, ids.shape[1], self.num_experts,
+                self.hidden_size, self.intermediate_size, self.Hk, self.Hn, self.Ia,
+                x32[t0:t1].data_ptr(), ids[t0:t1].data_ptr(), w[t0:t1].data_ptr(), out[t0:t1].data_ptr(),
+                p["w13_q"].data_ptr(), _ptr(p, "w13_scale"), _ptr(p, "w13_comp"),
+                p["w2_q"].data_ptr(), _ptr(p, "w2_scale"), _ptr(p, "w2_comp"))
+        return out.to(x.dtype)
+
+    __call__ = forward
+
+
+def _ptr(packed: dict[str, torch.Tensor], key: str) -> int:
+    return packed[key].data_ptr() if key in packed else 0
+
+
+def check_expert_weights(w13: torch.Tensor, w2: torch.Tensor) -> tuple[int, int, int]:
+    """Shapes and dtypes of w13 [E, 2I, H] and w2 [E, H, I] -> (E, H, I); raises ValueError naming the field."""
+    for name, w in (("w13", w13), ("w2", w2)):
+        if not isinstance(w, torch.Tensor) or w.dim() != 3 or not w.is_floating_point():
+            raise ValueError(f"{name} must be a 3-d floating-point tensor, got "
+                             f"{getattr(w, 'shape', type(w).__name__)} {getattr(w, 'dtype', '')}")
+    E, I2, H = w13.shape
+    if I2 % 2 or I2 == 0 or H == 0:
+        raise ValueError(f"w13 must be [E, 2*I, H] with gate rows over up rows, got {tuple(w13.shape)}")
+    if tuple(w2.shape) != (E, H, I2 // 2):
+        raise ValueError(f"w2 must be [E, H, I] = {(E, H, I2 // 2)} to match w13 {tuple(w13.shape)}, got {tuple(w2.shape)}")
+    return E, H, I2 // 2
+
+
+def check_routing(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, hidden_size: int) -> None:
+    if x.dim() != 2 or x.shape[1] != hidden_size or not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point [T, {hidden_size}] tensor, got {tuple(x.shape)} {x.dtype}")
+    if topk_ids.dim() != 2 or topk_ids.shape[0] != x.shape[0] or topk_ids.is_floating_point():
+        raise ValueError(f"topk_ids must be an integer [T={x.shape[0]}, K] tensor, got {tuple(topk_ids.shape)} {topk_ids.dtype}")
+    if tuple(topk_weights.shape) != tuple(topk_ids.shape):
+        raise ValueError(f"topk_weights must have topk_ids' shape {tuple(topk_ids.shape)}, got {tuple(topk_weights.shape)}")
+    if x.device.type != "cpu":
+        raise ValueError(f"x must be on the CPU for CpuExperts, got device {x.device}")

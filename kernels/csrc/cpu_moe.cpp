@@ -1,0 +1,274 @@
+// Fused CPU MoE: routed experts of one layer in one call.
+//   out[t] = sum_k topk_weights[t, k] * W2[e] @ (silu(W1[e] @ x[t]) * (W3[e] @ x[t])),  e = topk_ids[t, k] (-1 = masked)
+//
+// Legend: T tokens, K top-k slots, S routed slots (sorted by expert), E experts, H hidden, I intermediate;
+//         Hk = H padded for the first GEMM's reduction, Hn = H padded to 32 rows, Ia = I padded.
+// Inputs (contiguous, checked in kernels/cpu_moe.py): x fp32 [T, H], topk_ids int64 [T, K],
+// topk_weights fp32 [T, K], out fp32 [T, H] zero-filled. Packed weights: see moe_tiles.h.
+//   w13: blocks [E][2 * Ia / 16] (gate blocks, then up blocks) over Hk; w2: blocks [E][Hn / 16] over Ia.
+// Steps: route (counting sort by expert) -> quantize x rows -> gate/up tiles + SiLU-and-mul
+//        -> quantize the activation rows -> down tiles, each task owning 64 output columns of every
+//        token, so every output element has one writer and a fixed summation order: results do not
+//        depend on the thread count.
+#include <pybind11/pybind11.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
+#include "moe_tiles_avx512.h"
+#define CPU_MOE_TILES "avx512"
+#else
+#include "moe_tiles_generic.h"
+#define CPU_MOE_TILES "portable"
+#endif
+
+namespace cpu_moe {
+
+using TileFn = void (*)(const WeightBlock*, const ActRow*, int64_t, int, float*);
+constexpr int kMaxTM = 8;
+constexpr int64_t kSlotChunk = 64;      // slots per gate/up task: keeps its activation rows in L2
+constexpr int64_t kPairChunk = 4;       // gate/up block pairs per task (64 columns of I)
+constexpr int64_t kDownBlocks = 4;      // output blocks per down task (64 columns of H)
+
+struct Tiles { TileFn fn[4]; int tm[4]; int count; };
+
+Tiles tiles_for(WeightType wt) {
+  switch (wt) {
+    case WeightType::fp32: return {{tile_fp32<8>, tile_fp32<4>, tile_fp32<2>, tile_fp32<1>}, {8, 4, 2, 1}, 4};
+    case WeightType::bf16: return {{tile_bf16<8>, tile_bf16<4>, tile_bf16<2>, tile_bf16<1>}, {8, 4, 2, 1}, 4};
+    case WeightType::int8: return {{tile_int8<8>, tile_int8<4>, tile_int8<2>, tile_int8<1>}, {8, 4, 2, 1}, 4};
+    case WeightType::int4: return {{tile_int4<4>, tile_int4<2>, tile_int4<1>, nullptr}, {4, 2, 1, 0}, 3};
+  }
+  throw std::invalid_argument("unknown weight type");
+}
+
+struct Matrix {          // one projection of every expert, packed
+  WeightType wt;
+  const uint8_t* q;
+  const uint8_t* scale;
+  const int32_t* comp;
+  int64_t rows;          // padded output rows (multiple of 16)
+  int64_t kp;            // padded reduction length
+  int group;
+
+  int64_t blocks() const { return rows / kRows; }
+  int64_t block_bytes() const {
+    switch (wt) {
+      case WeightType::fp32: return kp * kRows * 4;
+      case WeightType::bf16: return kp * kRows * 2;
+      case WeightType::int8: return kp * kRows;
+      case WeightType::int4: return kp * kRows / 2;
+    }
+    return 0;
+  }
+  WeightBlock block(int64_t e, int64_t b) const {
+    WeightBlock wb{q + (e * blocks() + b) * block_bytes(), nullptr, nullptr};
+    if (wt == WeightType::int8) {
+      wb.scale = reinterpret_cast<const float*>(scale) + e * rows + b * kRows;
+      wb.comp = comp + e * rows + b * kRows;
+    } else if (wt == WeightType::int4) {
+      wb.scale = reinterpret_cast<const uint16_t*>(scale) + (e * blocks() + b) * (kp / group) * kRows;
+    }
+    return wb;
+  }
+};
+
+struct ActBuffer {       // quantized activation rows in the layout the tiles expect
+  std::vector<uint8_t> q;
+  std::vector<float> scale;
+  std::vector<int32_t> qsum;
+  int64_t row_bytes = 0, groups = 1;
+
+  ActRow row(int64_t i) const {
+    return {q.data() + i * row_bytes, scale.empty() ? nullptr : scale.data() + i * groups,
+            qsum.empty() ? nullptr : qsum.data() + i * groups};
+  }
+};
+
+// Runs fn(i) for i in [0, n) on torch's intra-op threads; a shared counter balances uneven tasks.
+template <class F> void run_tasks(int64_t n, const F& fn) {
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), n);
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) fn(i);
+  });
+}
+
+inline float fast_exp(float x) {   // 2^n * exp(f ln2) with a degree-6 Taylor: rel. error < 2e-7
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float t = x * 1.44269504f;
+  const float n = (t + 12582912.0f) - 12582912.0f;   // round to nearest
+  const float y = (t - n) * 0.693147181f;
+  const float p = 1.0f + y * (1.0f + y * (0.5f + y * (1.0f / 6 + y * (1.0f / 24 + y * (1.0f / 120 + y * (1.0f / 720))))));
+  const int32_t bits = (int32_t(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  return p * scale;
+}
+
+void quantize_rows(WeightType wt, int group, const float* src, int64_t rows, int64_t k, int64_t kp, ActBuffer& buf) {
+  const int64_t bytes = wt == WeightType::fp32 ? 4 : wt == WeightType::bf16 ? 2 : 1;
+  buf.row_bytes = kp * bytes;
+  buf.groups = wt == WeightType::int4 ? kp / group : 1;
+  buf.q.assign(rows * buf.row_bytes, 0);
+  if (wt == WeightType::int8 || wt == WeightType::int4) buf.scale.assign(rows * buf.groups, 0.f);
+  if (wt == WeightType::int4) buf.qsum.assign(rows * buf.groups, 0);
+  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+      const float* a = src + r * k;
+      uint8_t* dst = buf.q.data() + r * buf.row_bytes;
+      if (wt == WeightType::fp32) {
+        std::memcpy(dst, a, k * 4);
+      } else if (wt == WeightType::bf16) {
+        uint16_t* d = reinterpret_cast<uint16_t*>(dst);
+        for (int64_t i = 0; i < k; i++) {   // round to nearest even
+          uint32_t u;
+          std::memcpy(&u, a + i, 4);
+          d[i] = uint16_t((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+        }
+      } else {
+        const int64_t g = wt == WeightType::int4 ? group : kp;
+        for (int64_t g0 = 0; g0 < kp; g0 += g) {
+          const int64_t g1 = std::min(g0 + g, k);
+          float amax = 0.f;
+          for (int64_t i = g0; i < g1; i++) amax = std::max(amax, std::fabs(a[i]));
+          const float scale = amax > 0.f ? amax / 127.f : 1.f, inv = 1.f / scale;
+          int32_t qsum = 0;
+          for (int64_t i = g0; i < g1; i++) {
+            const int32_t v = int32_t(std::nearbyint(a[i] * inv));
+            qsum += v;
+            dst[i] = wt == WeightType::int8 ? uint8_t(v + 128) : uint8_t(int8_t(v));
+          }
+          if (wt == WeightType::int8) {   // padding stays 0: it meets zero-padded weights only
+            buf.scale[r] = scale;
+          } else {
+            buf.scale[r * buf.groups + g0 / g] = scale;
+            buf.qsum[r * buf.groups + g0 / g] = qsum;
+          }
+        }
+      }
+    }
+  });
+}
+
+// Calls fn(first_row, tm, tile_out) over n rows in tiles of decreasing size.
+template <class F> void for_each_tile(const Tiles& tiles, int64_t n, const F& fn) {
+  int64_t i = 0;
+  for (int j = 0; j < tiles.count; j++)
+    for (; n - i >= tiles.tm[j]; i += tiles.tm[j]) fn(i, j);
+}
+
+void moe_forward(int weight_type, int group, int64_t T, int64_t K, int64_t E, int64_t H, int64_t I,
+                 int64_t Hk, int64_t Hn, int64_t Ia, uintptr_t x_ptr, uintptr_t ids_ptr, uintptr_t weights_ptr,
+                 uintptr_t out_ptr, uintptr_t w13_q, uintptr_t w13_scale, uintptr_t w13_comp,
+                 uintptr_t w2_q, uintptr_t w2_scale, uintptr_t w2_comp) {
+  const auto wt = static_cast<WeightType>(weight_type);
+  const float* x = reinterpret_cast<const float*>(x_ptr);              // [T, H]
+  const int64_t* ids = reinterpret_cast<const int64_t*>(ids_ptr);      // [T, K]
+  const float* topk_w = reinterpret_cast<const float*>(weights_ptr);   // [T, K]
+  float* out = reinterpret_cast<float*>(out_ptr);                      // [T, H]
+  const Matrix w13{wt, reinterpret_cast<const uint8_t*>(w13_q), reinterpret_cast<const uint8_t*>(w13_scale),
+                   reinterpret_cast<const int32_t*>(w13_comp), 2 * Ia, Hk, group};
+  const Matrix w2{wt, reinterpret_cast<const uint8_t*>(w2_q), reinterpret_cast<const uint8_t*>(w2_scale),
+                  reinterpret_cast<const int32_t*>(w2_comp), Hn, Ia, group};
+  const Tiles tiles = tiles_for(wt);
+
+  // Route: counting sort of the T*K slots by expert (stable, so the order is fixed).
+  std::vector<int64_t> count(E + 1, 0);
+  for (int64_t i = 0; i < T * K; i++) {
+    const int64_t e = ids[i];
+    if (e < -1 || e >= E)
+      throw std::invalid_argument("topk_ids[" + std::to_string(i / K) + ", " + std::to_string(i % K) + "] = " +
+                                  std::to_string(e) + ": expert ids must be in [0, " + std::to_string(E) +
+                                  ") or -1 for a masked slot");
+    if (e >= 0) count[e + 1]++;
+  }
+  for (int64_t e = 0; e < E; e++) count[e + 1] += count[e];           // count[e] = first slot of expert e
+  const int64_t S = count[E];
+  std::vector<int64_t> slot_token(S);                                  // [S]
+  std::vector<float> slot_weight(S);                                   // [S]
+  std::vector<int64_t> fill(count.begin(), count.end() - 1);
+  for (int64_t i = 0; i < T * K; i++)
+    if (ids[i] >= 0) {
+      const int64_t s = fill[ids[i]]++;
+      slot_token[s] = i / K;
+      slot_weight[s] = topk_w[i];
+    }
+  std::vector<int64_t> active;                                         // experts with slots, ascending
+  for (int64_t e = 0; e < E; e++)
+    if (count[e + 1] > count[e]) active.push_back(e);
+  if (S == 0) return;
+
+  ActBuffer xq;
+  quantize_rows(wt, group, x, T, H, Hk, xq);                           // [T, Hk]
+
+  // Gate/up: task = (expert, chunk of its slots, chunk of block pairs) -> act [S, Ia] fp32.
+  struct GateUpTask { int64_t e, s0, s1, p0, p1; };
+  std::vector<GateUpTask> gate_up_tasks;
+  const int64_t pairs = Ia / kRows;
+  for (int64_t e : active)
+    for (int64_t s0 = count[e]; s0 < count[e + 1]; s0 += kSlotChunk)
+      for (int64_t p0 = 0; p0 < pairs; p0 += kPairChunk)
+        gate_up_tasks.push_back({e, s0, std::min(s0 + kSlotChunk, count[e + 1]), p0, std::min(p0 + kPairChunk, pairs)});
+  std::vector<float> act(S * Ia);                                      // [S, Ia]
+  run_tasks(int64_t(gate_up_tasks.size()), [&](int64_t i) {
+    const GateUpTask& task = gate_up_tasks[i];
+    float tile_out[kMaxTM * kRB * kRows];                              // [TM, 2 * 16]
+    ActRow rows[kMaxTM];
+    for (int64_t p = task.p0; p < task.p1; p++) {
+      const WeightBlock wb[kRB] = {w13.block(task.e, p), w13.block(task.e, pairs + p)};   // gate, up
+      for_each_tile(tiles, task.s1 - task.s0, [&](int64_t first, int j) {
+        const int tm = tiles.tm[j];
+        for (int t = 0; t < tm; t++) rows[t] = xq.row(slot_token[task.s0 + first + t]);
+        tiles.fn[j](wb, rows, Hk, group, tile_out);
+        for (int t = 0; t < tm; t++) {
+          float* dst = act.data() + (task.s0 + first + t) * Ia + p * kRows;
+          const float* g = tile_out + t * kRB * kRows;
+          for (int r = 0; r < kRows; r++) dst[r] = g[r] / (1.0f + fast_exp(-g[r])) * g[kRows + r];
+        }
+      });
+    }
+  });
+
+  ActBuffer aq;
+  quantize_rows(wt, group, act.data(), S, Ia, Ia, aq);                 // [S, Ia]
+
+  // Down: task = 64 output columns of every token, over all active experts in order.
+  const int64_t down_tasks = (Hn / kRows + kDownBlocks - 1) / kDownBlocks;
+  run_tasks(down_tasks, [&](int64_t i) {
+    float tile_out[kMaxTM * kRB * kRows];
+    ActRow rows[kMaxTM];
+    const int64_t b1 = std::min((i + 1) * kDownBlocks, Hn / kRows);
+    for (int64_t b = i * kDownBlocks; b < b1 && b * kRows < H; b += kRB) {
+      const int64_t cols = std::min<int64_t>(kRB * kRows, H - b * kRows);
+      for (int64_t e : active) {
+        const WeightBlock wb[kRB] = {w2.block(e, b), w2.block(e, b + 1)};
+        for_each_tile(tiles, count[e + 1] - count[e], [&](int64_t first, int j) {
+          const int tm = tiles.tm[j];
+          const int64_t s0 = count[e] + first;
+          for (int t = 0; t < tm; t++) rows[t] = aq.row(s0 + t);
+          tiles.fn[j](wb, rows, Ia, group, tile_out);
+          for (int t = 0; t < tm; t++) {
+            float* dst = out + slot_token[s0 + t] * H + b * kRows;
+            const float w = slot_weight[s0 + t];
+            for (int64_t c = 0; c < cols; c++) dst[c] += w * tile_out[t * kRB * kRows + c];
+          }
+        });
+      }
+    }
+  });
+}
+
+}  // namespace cpu_moe
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "Fused CPU MoE (routed experts): see kernels/cpu_moe.py";
+  m.attr("tiles") = CPU_MOE_TILES;
+  m.def("moe_forward", &cpu_moe::moe_forward, pybind11::call_guard<pybind11::gil_scoped_release>());
+}

@@ -1,0 +1,40 @@
+// Tile kernels of the fused CPU MoE: out[t, r] = dot(weight row r, activation row t), dequantized to fp32.
+//
+// Legend: TM tokens per tile (1, 2, 4 or 8), RB = 2 weight blocks per tile, 16 rows per block,
+//         Kp the padded reduction length, G the int4 group size.
+// Packed weight blocks (16 output rows each; see kernels/quantize.py, which writes them):
+//   fp32 [Kp][16]            bf16 [Kp/2][16][2]  (a pair of k per 32-bit lane)
+//   int8 [Kp/4][16][4] s8    + scale fp32 [16], comp int32 [16] = 128 * row sum (for the u8 activation)
+//   int4 [Kp/8][16][4] u8: low nibble = q[k] + 8, high nibble = q[k + 4] + 8 (k = 8j .. 8j+3)
+//                            + scale bf16 [Kp/G][16]
+// Activation rows (written by quantize_rows in cpu_moe.cpp):
+//   fp32 [Kp]; bf16 [Kp]; int8 path u8 [Kp] = round(a / scale) + 128, one scale per row;
+//   int4 path s8 [Kp] = round(a / scale_g), one scale and one sum of q per group of G.
+// Accumulation: int32 inside a row (int8) or a group (int4), fp32 across groups and for fp32/bf16.
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+namespace cpu_moe {
+
+enum class WeightType : int { fp32 = 0, bf16 = 1, int8 = 2, int4 = 3 };
+
+constexpr int kRows = 16;   // rows per packed block
+constexpr int kRB = 2;      // blocks per tile: gate + up in the first GEMM, two H blocks in the second
+
+struct WeightBlock {        // one packed block of 16 rows
+  const void* q;
+  const void* scale;        // int8: fp32 [16]; int4: bf16 [Kp/G][16]; else unused
+  const int32_t* comp;      // int8 only
+};
+
+struct ActRow {             // one activation row
+  const void* q;
+  const float* scale;       // int8: [1]; int4: [Kp/G]
+  const int32_t* qsum;      // int4: [Kp/G]
+};
+
+inline int32_t load_i32(const void* p) { int32_t v; std::memcpy(&v, p, 4); return v; }
+inline float bf16_to_float(uint16_t h) { uint32_t u = uint32_t(h) << 16; float f; std::memcpy(&f, &u, 4); return f; }
+
+}  // namespace cpu_moe

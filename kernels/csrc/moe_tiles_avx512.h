@@ -1,0 +1,129 @@
+// AVX-512 tile kernels over the packed layouts of moe_tiles.h: one zmm = one 16-row block step.
+// int8/int4 use VNNI vpdpbusd (u8 x s8 -> s32, four k per lane); bf16 uses vdpbf16ps when the build has
+// AVX512_BF16, else widens bf16 to fp32 and uses FMA. Accumulators: [TM][kRB] zmm, kept in registers
+// (TM <= 8 for int8/bf16/fp32, TM <= 4 for int4, which also holds per-group int32 partial sums).
+#pragma once
+#include <immintrin.h>
+#include "moe_tiles.h"
+
+namespace cpu_moe {
+
+inline __m512 bf16x16_to_fp32(const void* p) {
+  __m256i h = _mm256_loadu_si256(static_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+template <int TM>
+inline void store_tile(const __m512 (&acc)[TM][kRB], float* out) {
+  for (int t = 0; t < TM; t++)
+    for (int rb = 0; rb < kRB; rb++) _mm512_storeu_ps(out + t * kRB * kRows + rb * kRows, acc[t][rb]);
+}
+
+template <int TM>
+inline void tile_fp32(const WeightBlock* wb, const ActRow* a, int64_t Kp, int, float* out) {
+  const float* w0 = static_cast<const float*>(wb[0].q);   // [Kp][16]
+  const float* w1 = static_cast<const float*>(wb[1].q);
+  __m512 acc[TM][kRB];
+  for (int t = 0; t < TM; t++) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < Kp; k++) {
+    const __m512 v0 = _mm512_loadu_ps(w0 + k * kRows), v1 = _mm512_loadu_ps(w1 + k * kRows);
+    for (int t = 0; t < TM; t++) {
+      const __m512 av = _mm512_set1_ps(static_cast<const float*>(a[t].q)[k]);
+      acc[t][0] = _mm512_fmadd_ps(v0, av, acc[t][0]);
+      acc[t][1] = _mm512_fmadd_ps(v1, av, acc[t][1]);
+    }
+  }
+  store_tile<TM>(acc, out);
+}
+
+template <int TM>
+inline void tile_bf16(const WeightBlock* wb, const ActRow* a, int64_t Kp, int, float* out) {
+  const uint16_t* w0 = static_cast<const uint16_t*>(wb[0].q);   // [Kp/2][16][2]
+  const uint16_t* w1 = static_cast<const uint16_t*>(wb[1].q);
+  __m512 acc[TM][kRB];
+  for (int t = 0; t < TM; t++) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < Kp; k += 2) {
+    const __m512i v0 = _mm512_loadu_si512(w0 + k * kRows), v1 = _mm512_loadu_si512(w1 + k * kRows);
+#ifdef __AVX512BF16__
+    for (int t = 0; t < TM; t++) {
+      const __m512i av = _mm512_set1_epi32(load_i32(static_cast<const uint16_t*>(a[t].q) + k));
+      acc[t][0] = _mm512_dpbf16_ps(acc[t][0], (__m512bh)v0, (__m512bh)av);
+      acc[t][1] = _mm512_dpbf16_ps(acc[t][1], (__m512bh)v1, (__m512bh)av);
+    }
+#else
+    const __m512i hi_mask = _mm512_set1_epi32(int32_t(0xFFFF0000u));
+    const __m512 e0 = _mm512_castsi512_ps(_mm512_slli_epi32(v0, 16));   // even k of each pair
+    const __m512 o0 = _mm512_castsi512_ps(_mm512_and_si512(v0, hi_mask));
+    const __m512 e1 = _mm512_castsi512_ps(_mm512_slli_epi32(v1, 16));
+    const __m512 o1 = _mm512_castsi512_ps(_mm512_and_si512(v1, hi_mask));
+    for (int t = 0; t < TM; t++) {
+      const uint16_t* ap = static_cast<const uint16_t*>(a[t].q) + k;
+      const __m512 ae = _mm512_set1_ps(bf16_to_float(ap[0])), ao = _mm512_set1_ps(bf16_to_float(ap[1]));
+      acc[t][0] = _mm512_fmadd_ps(o0, ao, _mm512_fmadd_ps(e0, ae, acc[t][0]));
+      acc[t][1] = _mm512_fmadd_ps(o1, ao, _mm512_fmadd_ps(e1, ae, acc[t][1]));
+    }
+#endif
+  }
+  store_tile<TM>(acc, out);
+}
+
+template <int TM>
+inline void tile_int8(const WeightBlock* wb, const ActRow* a, int64_t Kp, int, float* out) {
+  const int8_t* w0 = static_cast<const int8_t*>(wb[0].q);   // [Kp/4][16][4]
+  const int8_t* w1 = static_cast<const int8_t*>(wb[1].q);
+  __m512i acc[TM][kRB];
+  for (int t = 0; t < TM; t++) acc[t][0] = acc[t][1] = _mm512_setzero_si512();
+  for (int64_t k = 0; k < Kp; k += 4) {
+    const __m512i v0 = _mm512_loadu_si512(w0 + k * kRows), v1 = _mm512_loadu_si512(w1 + k * kRows);
+    for (int t = 0; t < TM; t++) {
+      const __m512i av = _mm512_set1_epi32(load_i32(static_cast<const uint8_t*>(a[t].q) + k));
+      acc[t][0] = _mm512_dpbusd_epi32(acc[t][0], av, v0);
+      acc[t][1] = _mm512_dpbusd_epi32(acc[t][1], av, v1);
+    }
+  }
+  __m512 res[TM][kRB];
+  for (int rb = 0; rb < kRB; rb++) {
+    const __m512i comp = _mm512_loadu_si512(wb[rb].comp);
+    const __m512 ws = _mm512_loadu_ps(static_cast<const float*>(wb[rb].scale));
+    for (int t = 0; t < TM; t++)
+      res[t][rb] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[t][rb], comp)),
+                                 _mm512_mul_ps(ws, _mm512_set1_ps(a[t].scale[0])));
+  }
+  store_tile<TM>(res, out);
+}
+
+template <int TM>
+inline void tile_int4(const WeightBlock* wb, const ActRow* a, int64_t Kp, int G, float* out) {
+  const uint8_t* w0 = static_cast<const uint8_t*>(wb[0].q);   // [Kp/8][16][4], two nibbles per byte
+  const uint8_t* w1 = static_cast<const uint8_t*>(wb[1].q);
+  const uint16_t* s0 = static_cast<const uint16_t*>(wb[0].scale);   // [Kp/G][16] bf16
+  const uint16_t* s1 = static_cast<const uint16_t*>(wb[1].scale);
+  const __m512i nibble = _mm512_set1_epi8(0x0F);
+  __m512 acc[TM][kRB];
+  for (int t = 0; t < TM; t++) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < Kp / G; g++) {
+    __m512i gacc[TM][kRB];
+    for (int t = 0; t < TM; t++) gacc[t][0] = gacc[t][1] = _mm512_setzero_si512();
+    for (int64_t k = g * G; k < (g + 1) * G; k += 8) {
+      const __m512i v0 = _mm512_loadu_si512(w0 + k * 8), v1 = _mm512_loadu_si512(w1 + k * 8);
+      const __m512i lo0 = _mm512_and_si512(v0, nibble), hi0 = _mm512_and_si512(_mm512_srli_epi16(v0, 4), nibble);
+      const __m512i lo1 = _mm512_and_si512(v1, nibble), hi1 = _mm512_and_si512(_mm512_srli_epi16(v1, 4), nibble);
+      for (int t = 0; t < TM; t++) {
+        const int8_t* ap = static_cast<const int8_t*>(a[t].q) + k;
+        const __m512i alo = _mm512_set1_epi32(load_i32(ap)), ahi = _mm512_set1_epi32(load_i32(ap + 4));
+        gacc[t][0] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(gacc[t][0], lo0, alo), hi0, ahi);
+        gacc[t][1] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(gacc[t][1], lo1, alo), hi1, ahi);
+      }
+    }
+    const __m512 ws0 = bf16x16_to_fp32(s0 + g * kRows), ws1 = bf16x16_to_fp32(s1 + g * kRows);
+    for (int t = 0; t < TM; t++) {
+      const __m512i zero = _mm512_set1_epi32(8 * a[t].qsum[g]);   // the nibbles carry q + 8
+      const __m512 as = _mm512_set1_ps(a[t].scale[g]);
+      acc[t][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(gacc[t][0], zero)), _mm512_mul_ps(ws0, as), acc[t][0]);
+      acc[t][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(gacc[t][1], zero)), _mm512_mul_ps(ws1, as), acc[t][1]);
+    }
+  }
+  store_tile<TM>(acc, out);
+}
+
+}  // namespace cpu_moe

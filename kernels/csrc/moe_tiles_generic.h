@@ -1,0 +1,91 @@
+// Portable tile kernels: plain loops over the packed layouts of moe_tiles.h.
+// Built with -mavx2 -mfma for the "avx2" variant and with no ISA flags for "generic"; the compiler
+// vectorises the 16-row inner loops. Output: out [TM][kRB * 16] fp32.
+#pragma once
+#include "moe_tiles.h"
+
+namespace cpu_moe {
+
+template <int TM>
+inline void tile_fp32(const WeightBlock* wb, const ActRow* a, int64_t Kp, int, float* out) {
+  for (int rb = 0; rb < kRB; rb++) {
+    const float* w = static_cast<const float*>(wb[rb].q);               // [Kp][16]
+    float acc[TM][kRows] = {};
+    for (int64_t k = 0; k < Kp; k++)
+      for (int t = 0; t < TM; t++) {
+        const float av = static_cast<const float*>(a[t].q)[k];
+        for (int r = 0; r < kRows; r++) acc[t][r] += w[k * kRows + r] * av;
+      }
+    for (int t = 0; t < TM; t++)
+      for (int r = 0; r < kRows; r++) out[t * kRB * kRows + rb * kRows + r] = acc[t][r];
+  }
+}
+
+template <int TM>
+inline void tile_bf16(const WeightBlock* wb, const ActRow* a, int64_t Kp, int, float* out) {
+  for (int rb = 0; rb < kRB; rb++) {
+    const uint16_t* w = static_cast<const uint16_t*>(wb[rb].q);         // [Kp/2][16][2]
+    float acc[TM][kRows] = {};
+    for (int64_t k = 0; k < Kp; k += 2)
+      for (int t = 0; t < TM; t++) {
+        const uint16_t* ap = static_cast<const uint16_t*>(a[t].q) + k;
+        const float a0 = bf16_to_float(ap[0]), a1 = bf16_to_float(ap[1]);
+        for (int r = 0; r < kRows; r++)
+          acc[t][r] += bf16_to_float(w[k * kRows + 2 * r]) * a0 + bf16_to_float(w[k * kRows + 2 * r + 1]) * a1;
+      }
+    for (int t = 0; t < TM; t++)
+      for (int r = 0; r < kRows; r++) out[t * kRB * kRows + rb * kRows + r] = acc[t][r];
+  }
+}
+
+template <int TM>
+inline void tile_int8(const WeightBlock* wb, const ActRow* a, int64_t Kp, int, float* out) {
+  for (int rb = 0; rb < kRB; rb++) {
+    const int8_t* w = static_cast<const int8_t*>(wb[rb].q);             // [Kp/4][16][4]
+    int32_t acc[TM][kRows] = {};
+    for (int64_t k = 0; k < Kp; k += 4)
+      for (int t = 0; t < TM; t++) {
+        const uint8_t* ap = static_cast<const uint8_t*>(a[t].q) + k;
+        for (int r = 0; r < kRows; r++) {
+          const int8_t* wr = w + k * kRows + 4 * r;
+          acc[t][r] += ap[0] * wr[0] + ap[1] * wr[1] + ap[2] * wr[2] + ap[3] * wr[3];
+        }
+      }
+    const float* ws = static_cast<const float*>(wb[rb].scale);
+    for (int t = 0; t < TM; t++)
+      for (int r = 0; r < kRows; r++)
+        out[t * kRB * kRows + rb * kRows + r] = float(acc[t][r] - wb[rb].comp[r]) * (ws[r] * a[t].scale[0]);
+  }
+}
+
+template <int TM>
+inline void tile_int4(const WeightBlock* wb, const ActRow* a, int64_t Kp, int G, float* out) {
+  for (int rb = 0; rb < kRB; rb++) {
+    const uint8_t* w = static_cast<const uint8_t*>(wb[rb].q);           // [Kp/8][16][4]
+    const uint16_t* ws = static_cast<const uint16_t*>(wb[rb].scale);    // [Kp/G][16] bf16
+    float acc[TM][kRows] = {};
+    for (int64_t g = 0; g < Kp / G; g++) {
+      int32_t gacc[TM][kRows] = {};
+      for (int64_t k = g * G; k < (g + 1) * G; k += 8)
+        for (int t = 0; t < TM; t++) {
+          const int8_t* ap = static_cast<const int8_t*>(a[t].q) + k;
+          for (int r = 0; r < kRows; r++) {
+            const uint8_t* wr = w + k * 8 + 4 * r;
+            int32_t s = 0;
+            for (int kk = 0; kk < 4; kk++) s += (wr[kk] & 15) * ap[kk] + (wr[kk] >> 4) * ap[4 + kk];
+            gacc[t][r] += s;
+          }
+        }
+      for (int t = 0; t < TM; t++) {
+        const float as = a[t].scale[g];
+        const int32_t zero = 8 * a[t].qsum[g];   // the nibbles carry q + 8
+        for (int r = 0; r < kRows; r++)
+          acc[t][r] += float(gacc[t][r] - zero) * (bf16_to_float(ws[g * kRows + r]) * as);
+      }
+    }
+    for (int t = 0; t < TM; t++)
+      for (int r = 0; r < kRows; r++) out[t * kRB * kRows + rb * kRows + r] = acc[t][r];
+  }
+}
+
+}  // namespace cpu_moe
