@@ -116,11 +116,11 @@ class LLMEngine:
                                            "least one new token must fit)")
         capacity = self.block_manager.num_blocks * self.block_manager.block_size
         need = min(len(ids) + params.max_tokens, self.max_seq_len)
+        if len(ids) + 1 > capacity:
+            raise InvalidRequest("prompt", f"has {len(ids)} tokens; the whole KV cache holds {capacity}")
         if self.scheduler.no_evict and need > capacity:
             raise InvalidRequest("max_tokens", f"prompt ({len(ids)}) + max_tokens ({params.max_tokens}) = {need} tokens "
                                                f"exceed the whole KV cache ({capacity} tokens)")
-        if len(ids) + 1 > capacity:
-            raise InvalidRequest("prompt", f"has {len(ids)} tokens; the whole KV cache holds {capacity}")
         if len(ids) > self.config.max_num_tokens and not self.config.enable_chunked_context:
             raise InvalidRequest("prompt", f"has {len(ids)} tokens, more than max_num_tokens ({self.config.max_num_tokens});"
                                            " set enable_chunked_context or raise max_num_tokens")
@@ -184,6 +184,8 @@ class LLMEngine:
             self.block_manager.commit_full_blocks(seq)
         for seq, token, logprob in sampled:
             outputs.append(self._append_token(seq, token, logprob))
+        if not self.sequences:              # nothing left: the stats must not keep showing the last batch
+            self._last, self._last_context = ScheduledBatch(), 0
         return outputs
 
     def _append_token(self, seq: Sequence, token: int, logprob: float | None) -> RequestOutput:
