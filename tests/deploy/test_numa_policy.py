@@ -1,16 +1,16 @@
 """deploy.numa_policy on canned sysfs trees (1, 2, 4 nodes, SMT, interleaved, broken) and on a
 real tritonserver, which must accept the printed arguments and pin the Python stub to them."""
+import json
 import os
-import socket
 import subprocess
 import sys
-import sysconfig
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from backend.serve import BACKENDS, TRITONSERVER, free_ports, server_env
 from deploy.numa_policy import NumaNode, format_cpulist, main, parse_cpulist, parse_lscpu
 from tests.deploy.deploy_tools import REPO, missing
 
@@ -115,7 +115,8 @@ def test_only_allowed_restricts_to_the_process_cpuset(tmp_path):
         pytest.skip("needs 2 CPUs to restrict the affinity to one of them")
     last = cpus[-1]
     root = fake_sysfs(tmp_path, {0: format_cpulist(cpus[:-1]), 1: str(last)})
-    code = (f"import os, sys; os.sched_setaffinity(0, {{{last}}}); from deploy.numa_policy import main; "
+    code = (f"import os, sys; os.sched_setaffinity(0, {{{last}}}); from backend.serve import BACKENDS, TRITONSERVER, free_ports, server_env
+from deploy.numa_policy import main; "
             f"sys.exit(main(['--sysfs-root', {str(root)!r}, '--format', 'args', '--only-allowed']))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -133,27 +134,9 @@ import triton_python_backend_utils as pb_utils
 class TritonPythonModel:
     def execute(self, requests):
         cpus = sorted(os.sched_getaffinity(0))   # of the stub process that runs this instance
-        out = np.array([[cpus[0], cpus[-1], len(cpus)]] * 1, dtype=np.int32)
+        out = np.array([[cpus[0], cpus[-1], len(cpus)]], dtype=np.int32)
         return [pb_utils.InferenceResponse([pb_utils.Tensor("CPUS", out)]) for _ in requests]
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def tritonserver_command() -> tuple[list[str], dict]:
-    pytriton = REPO / ".tools" / "pytriton"
-    binary = pytriton / "pytriton/tritonserver/bin/tritonserver"
-    backends = REPO / ".tools" / "backends"
-    if not binary.is_file() or not (backends / "python/triton_python_backend_stub").is_file():
-        missing("tritonserver (scripts/install_tritonserver.sh)")
-    env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = f"{sysconfig.get_config_var('LIBDIR')}:{pytriton / 'nvidia_pytriton.libs'}"
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    return [str(binary), "--backend-directory", str(backends)], env
 
 
 def test_tritonserver_accepts_the_policies_and_pins_the_python_stub(tmp_path, capsys):
@@ -171,13 +154,15 @@ def test_tritonserver_accepts_the_policies_and_pins_the_python_stub(tmp_path, ca
         'backend: "python"\nmax_batch_size: 0\n'
         'input [ { name: "IN" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
         'output [ { name: "CPUS" data_type: TYPE_INT32 dims: [ 1, 3 ] } ]\n' + instance_group)
-    http, grpc, metrics = free_port(), free_port(), free_port()
-    cmd, env = tritonserver_command()
-    cmd += ["--model-repository", str(tmp_path / "repo"), "--http-address", "127.0.0.1", "--http-port", str(http),
-            "--grpc-address", "127.0.0.1", "--grpc-port", str(grpc), "--metrics-address", "127.0.0.1",
-            "--metrics-port", str(metrics), "--exit-timeout-secs", "5", *args]
+    if not TRITONSERVER.exists():
+        missing("tritonserver (scripts/install_tritonserver.sh)")
+    http, grpc, metrics = free_ports(3)
+    cmd = [str(TRITONSERVER), "--backend-directory", str(BACKENDS), "--model-repository", str(tmp_path / "repo"),
+           "--http-address", "127.0.0.1", "--http-port", str(http), "--grpc-address", "127.0.0.1",
+           "--grpc-port", str(grpc), "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics),
+           "--exit-timeout-secs", "5", *args]
     log = open(tmp_path / "tritonserver.log", "w")
-    server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    server = subprocess.Popen(cmd, env=server_env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -190,7 +175,6 @@ def test_tritonserver_accepts_the_policies_and_pins_the_python_stub(tmp_path, ca
                 time.sleep(0.5)
         body = b'{"inputs":[{"name":"IN","shape":[1],"datatype":"INT32","data":[0]}]}'
         with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/models/affinity/infer", body, timeout=30) as r:
-            import json
             cpus = json.load(r)["outputs"][0]["data"]
         assert cpus == [pinned, pinned, 1], f"stub affinity (first, last, count) = {cpus}, args {args}"
     finally:
