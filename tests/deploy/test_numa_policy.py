@@ -115,8 +115,7 @@ def test_only_allowed_restricts_to_the_process_cpuset(tmp_path):
         pytest.skip("needs 2 CPUs to restrict the affinity to one of them")
     last = cpus[-1]
     root = fake_sysfs(tmp_path, {0: format_cpulist(cpus[:-1]), 1: str(last)})
-    code = (f"import os, sys; os.sched_setaffinity(0, {{{last}}}); from backend.serve import BACKENDS, TRITONSERVER, free_ports, server_env
-from deploy.numa_policy import main; "
+    code = (f"import os, sys; os.sched_setaffinity(0, {{{last}}}); from deploy.numa_policy import main; "
             f"sys.exit(main(['--sysfs-root', {str(root)!r}, '--format', 'args', '--only-allowed']))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
