@@ -58,8 +58,8 @@ def round_up(n: int, m: int) -> int:
 
 
 def k_multiple(expert_dtype: str, group_size: int) -> int:
-    """Padding unit of the reduction dim: a 32-bit lane holds 1 fp32, 2 bf16, 4 int8; int4 needs whole groups."""
-    return {"fp32": 1, "bf16": 2, "int8": 4, "int4": group_size}[expert_dtype]
+    """Padding unit of the reduction dim: a 32-bit lane holds 1 fp32 or 2 bf16 / s16 products; int4 needs whole groups."""
+    return {"fp32": 1, "bf16": 2, "int8": 2, "int4": group_size}[expert_dtype]
 
 
 def _pad2(t: torch.Tensor, rows: int, cols: int, value=0) -> torch.Tensor:
@@ -77,10 +77,8 @@ def pack_matrix(w: torch.Tensor, expert_dtype: str, rows: int, kp: int, group_si
         return {"q": q.contiguous()}
     if expert_dtype == "int8":
         q8, scale = quantize_int8(w)                                                       # [N, K], [N]
-        q = _pad2(q8, rows, kp)                                                            # [rows, Kp]
-        comp = 128 * q.sum(-1, dtype=torch.int32)                                          # [rows]: u8 offset
-        q = q.view(NB, 16, kp // 4, 4).permute(0, 2, 1, 3)                                 # [NB, Kp/4, 16, 4]
-        return {"q": q.contiguous(), "scale": F.pad(scale, (0, rows - scale.shape[0])), "comp": comp}
+        q = _pad2(q8, rows, kp).view(NB, 16, kp // 2, 2).permute(0, 2, 1, 3)               # [NB, Kp/2, 16, 2]
+        return {"q": q.contiguous(), "scale": F.pad(scale, (0, rows - scale.shape[0]))}
     if expert_dtype == "int4":
         q4, scale = quantize_int4(w, group_size)                                           # [N, Kp'], [N, Kp'/G]
         u = (_pad2(q4, rows, kp) + 8).to(torch.uint8)                                      # [rows, Kp] in [0, 15]
@@ -105,17 +103,18 @@ def dequantize_matrix(w: torch.Tensor, expert_dtype: str, group_size: int) -> to
 
 
 def fake_quantize_activation(a: torch.Tensor, expert_dtype: str, group_size: int) -> torch.Tensor:
-    """a [R, K] -> what the kernel's GEMMs see, in fp32: bf16-rounded rows for bf16 weights, int8 rows with one
-    scale per row for int8 weights, one scale per group of G for int4 weights (scale = amax / 127)."""
+    """a [R, K] -> what the kernel's GEMMs see, in fp32: bf16-rounded rows for bf16 weights, 16-bit integer rows
+    (one scale = amax / 32767 per row) for int8 weights, 8-bit integers (one scale = amax / 127 per group of G)
+    for int4 weights."""
     a = a.float()
     if expert_dtype == "fp32":
         return a
     if expert_dtype == "bf16":
         return a.to(torch.bfloat16).float()
     K = a.shape[-1]
-    g = K if expert_dtype == "int8" else group_size
+    g, qmax = (K, 32767) if expert_dtype == "int8" else (group_size, 127)
     Kp = round_up(K, g)
     ag = F.pad(a, (0, Kp - K)).unflatten(-1, (Kp // g, g))             # [R, Kp/g, g]
     amax = ag.abs().amax(-1, keepdim=True)
-    scale = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
+    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
     return (torch.round(ag * (1 / scale)) * scale).flatten(-2)[..., :K]

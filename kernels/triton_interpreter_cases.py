@@ -107,3 +107,18 @@ def test_bad_inputs_name_the_field():
     with pytest.raises(ValueError, match="do not match"):
         fused_moe(torch.randn(2, 16), torch.randn(2, 8, 16), torch.randn(2, 16, 3), torch.rand(2, 1),
                   torch.zeros(2, 1, dtype=torch.int64))
+
+
+def test_dispatch_runs_the_triton_experts():
+    from kernels.moe_dispatch import build_experts
+    from kernels.placement import Rule
+    g = torch.Generator().manual_seed(2)
+    w1, w2 = torch.randn(4, 64, 32, generator=g) / 6, torch.randn(4, 32, 32, generator=g) / 6
+    x = torch.randn(3, 32, generator=g)
+    ids, weights = torch.tensor([[0, 3], [3, -1], [1, 3]]), torch.rand(3, 2, generator=g)
+    experts = build_experts(w1, w2, Rule("gpu-experts", "cpu", "triton", "bf16"))   # the interpreter runs on CPU tensors
+    assert experts.kernel_name.startswith("triton/fused_moe bf16")
+    out = experts.forward(x, ids, weights)
+    ref = moe_reference(x.bfloat16().float(), w1.bfloat16().float(), w2.bfloat16().float(), ids, weights)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, atol=TOL[torch.bfloat16], rtol=0)

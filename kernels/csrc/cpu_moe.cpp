@@ -42,7 +42,7 @@ Tiles tiles_for(WeightType wt) {
   switch (wt) {
     case WeightType::fp32: return {{tile_fp32<8>, tile_fp32<4>, tile_fp32<2>, tile_fp32<1>}, {8, 4, 2, 1}, 4};
     case WeightType::bf16: return {{tile_bf16<8>, tile_bf16<4>, tile_bf16<2>, tile_bf16<1>}, {8, 4, 2, 1}, 4};
-    case WeightType::int8: return {{tile_int8<8>, tile_int8<4>, tile_int8<2>, tile_int8<1>}, {8, 4, 2, 1}, 4};
+    case WeightType::int8: return {{tile_int8<4>, tile_int8<2>, tile_int8<1>, nullptr}, {4, 2, 1, 0}, 3};
     case WeightType::int4: return {{tile_int4<4>, tile_int4<2>, tile_int4<1>, nullptr}, {4, 2, 1, 0}, 3};
   }
   throw std::invalid_argument("unknown weight type");
@@ -52,7 +52,6 @@ struct Matrix {          // one projection of every expert, packed
   WeightType wt;
   const uint8_t* q;
   const uint8_t* scale;
-  const int32_t* comp;
   int64_t rows;          // padded output rows (multiple of 16)
   int64_t kp;            // padded reduction length
   int group;
@@ -68,10 +67,9 @@ struct Matrix {          // one projection of every expert, packed
     return 0;
   }
   WeightBlock block(int64_t e, int64_t b) const {
-    WeightBlock wb{q + (e * blocks() + b) * block_bytes(), nullptr, nullptr};
+    WeightBlock wb{q + (e * blocks() + b) * block_bytes(), nullptr};
     if (wt == WeightType::int8) {
       wb.scale = reinterpret_cast<const float*>(scale) + e * rows + b * kRows;
-      wb.comp = comp + e * rows + b * kRows;
     } else if (wt == WeightType::int4) {
       wb.scale = reinterpret_cast<const uint16_t*>(scale) + (e * blocks() + b) * (kp / group) * kRows;
     }
@@ -113,7 +111,7 @@ inline float fast_exp(float x) {   // 2^n * exp(f ln2) with a degree-6 Taylor: r
 }
 
 void quantize_rows(WeightType wt, int group, const float* src, int64_t rows, int64_t k, int64_t kp, ActBuffer& buf) {
-  const int64_t bytes = wt == WeightType::fp32 ? 4 : wt == WeightType::bf16 ? 2 : 1;
+  const int64_t bytes = wt == WeightType::fp32 ? 4 : wt == WeightType::int4 ? 1 : 2;
   buf.row_bytes = kp * bytes;
   buf.groups = wt == WeightType::int4 ? kp / group : 1;
   buf.q.assign(rows * buf.row_bytes, 0);
@@ -132,10 +130,16 @@ void quantize_rows(WeightType wt, int group, const float* src, int64_t rows, int
           std::memcpy(&u, a + i, 4);
           d[i] = uint16_t((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
         }
-      } else {
-        const int64_t g = wt == WeightType::int4 ? group : kp;
-        for (int64_t g0 = 0; g0 < kp; g0 += g) {
-          const int64_t g1 = std::min(g0 + g, k);
+      } else if (wt == WeightType::int8) {   // s16, one scale per row; the padding stays 0
+        float amax = 0.f;
+        for (int64_t i = 0; i < k; i++) amax = std::max(amax, std::fabs(a[i]));
+        const float scale = amax > 0.f ? amax / 32767.f : 1.f, inv = 1.f / scale;
+        int16_t* d = reinterpret_cast<int16_t*>(dst);
+        for (int64_t i = 0; i < k; i++) d[i] = int16_t(std::nearbyint(a[i] * inv));
+        buf.scale[r] = scale;
+      } else {                               // s8, one scale and one sum of q per group
+        for (int64_t g0 = 0; g0 < kp; g0 += group) {
+          const int64_t g1 = std::min<int64_t>(g0 + group, k);
           float amax = 0.f;
           for (int64_t i = g0; i < g1; i++) amax = std::max(amax, std::fabs(a[i]));
           const float scale = amax > 0.f ? amax / 127.f : 1.f, inv = 1.f / scale;
@@ -143,14 +147,10 @@ void quantize_rows(WeightType wt, int group, const float* src, int64_t rows, int
           for (int64_t i = g0; i < g1; i++) {
             const int32_t v = int32_t(std::nearbyint(a[i] * inv));
             qsum += v;
-            dst[i] = wt == WeightType::int8 ? uint8_t(v + 128) : uint8_t(int8_t(v));
+            dst[i] = uint8_t(int8_t(v));
           }
-          if (wt == WeightType::int8) {   // padding stays 0: it meets zero-padded weights only
-            buf.scale[r] = scale;
-          } else {
-            buf.scale[r * buf.groups + g0 / g] = scale;
-            buf.qsum[r * buf.groups + g0 / g] = qsum;
-          }
+          buf.scale[r * buf.groups + g0 / group] = scale;
+          buf.qsum[r * buf.groups + g0 / group] = qsum;
         }
       }
     }
@@ -166,17 +166,15 @@ template <class F> void for_each_tile(const Tiles& tiles, int64_t n, const F& fn
 
 void moe_forward(int weight_type, int group, int64_t T, int64_t K, int64_t E, int64_t H, int64_t I,
                  int64_t Hk, int64_t Hn, int64_t Ia, uintptr_t x_ptr, uintptr_t ids_ptr, uintptr_t weights_ptr,
-                 uintptr_t out_ptr, uintptr_t w13_q, uintptr_t w13_scale, uintptr_t w13_comp,
-                 uintptr_t w2_q, uintptr_t w2_scale, uintptr_t w2_comp) {
+                 uintptr_t out_ptr, uintptr_t w13_q, uintptr_t w13_scale, uintptr_t w2_q, uintptr_t w2_scale) {
   const auto wt = static_cast<WeightType>(weight_type);
   const float* x = reinterpret_cast<const float*>(x_ptr);              // [T, H]
   const int64_t* ids = reinterpret_cast<const int64_t*>(ids_ptr);      // [T, K]
   const float* topk_w = reinterpret_cast<const float*>(weights_ptr);   // [T, K]
   float* out = reinterpret_cast<float*>(out_ptr);                      // [T, H]
   const Matrix w13{wt, reinterpret_cast<const uint8_t*>(w13_q), reinterpret_cast<const uint8_t*>(w13_scale),
-                   reinterpret_cast<const int32_t*>(w13_comp), 2 * Ia, Hk, group};
-  const Matrix w2{wt, reinterpret_cast<const uint8_t*>(w2_q), reinterpret_cast<const uint8_t*>(w2_scale),
-                  reinterpret_cast<const int32_t*>(w2_comp), Hn, Ia, group};
+                   2 * Ia, Hk, group};
+  const Matrix w2{wt, reinterpret_cast<const uint8_t*>(w2_q), reinterpret_cast<const uint8_t*>(w2_scale), Hn, Ia, group};
   const Tiles tiles = tiles_for(wt);
 
   // Route: counting sort of the T*K slots by expert (stable, so the order is fixed).

@@ -4,13 +4,15 @@
 //         Kp the padded reduction length, G the int4 group size.
 // Packed weight blocks (16 output rows each; see kernels/quantize.py, which writes them):
 //   fp32 [Kp][16]            bf16 [Kp/2][16][2]  (a pair of k per 32-bit lane)
-//   int8 [Kp/4][16][4] s8    + scale fp32 [16], comp int32 [16] = 128 * row sum (for the u8 activation)
+//   int8 [Kp/2][16][2] s8    + scale fp32 [16]
 //   int4 [Kp/8][16][4] u8: low nibble = q[k] + 8, high nibble = q[k + 4] + 8 (k = 8j .. 8j+3)
 //                            + scale bf16 [Kp/G][16]
 // Activation rows (written by quantize_rows in cpu_moe.cpp):
-//   fp32 [Kp]; bf16 [Kp]; int8 path u8 [Kp] = round(a / scale) + 128, one scale per row;
-//   int4 path s8 [Kp] = round(a / scale_g), one scale and one sum of q per group of G.
-// Accumulation: int32 inside a row (int8) or a group (int4), fp32 across groups and for fp32/bf16.
+//   fp32 [Kp]; bf16 [Kp]; int8 path s16 [Kp] = round(a / scale), one scale (amax / 32767) per row;
+//   int4 path s8 [Kp] = round(a / scale_g), one scale (amax / 127) and one sum of q per group of G.
+//   int8 weights get 16-bit activations because 8-bit ones lose too much on LLM hidden states (their
+//   outlier channels); int4 weights lose far more themselves, so they take the faster 8-bit path.
+// Accumulation: exact int32 over kFlushK k (int8) or a group (int4), then fp32; fp32 for fp32/bf16.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -21,11 +23,11 @@ enum class WeightType : int { fp32 = 0, bf16 = 1, int8 = 2, int4 = 3 };
 
 constexpr int kRows = 16;   // rows per packed block
 constexpr int kRB = 2;      // blocks per tile: gate + up in the first GEMM, two H blocks in the second
+constexpr int kFlushK = 256;  // int8: 256 * 127 * 32767 < 2^31, so int32 sums over 256 k never overflow
 
 struct WeightBlock {        // one packed block of 16 rows
   const void* q;
   const void* scale;        // int8: fp32 [16]; int4: bf16 [Kp/G][16]; else unused
-  const int32_t* comp;      // int8 only
 };
 
 struct ActRow {             // one activation row

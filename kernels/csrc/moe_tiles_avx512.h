@@ -1,9 +1,12 @@
 // AVX-512 tile kernels over the packed layouts of moe_tiles.h: one zmm = one 16-row block step.
-// int8/int4 use VNNI vpdpbusd (u8 x s8 -> s32, four k per lane); bf16 uses vdpbf16ps when the build has
+// int8 uses VNNI vpdpwssd (s16 x s16 -> s32, two k per lane), int4 vpdpbusd (u8 x s8, four k); bf16 uses vdpbf16ps when the build has
 // AVX512_BF16, else widens bf16 to fp32 and uses FMA. Accumulators: [TM][kRB] zmm, kept in registers
-// (TM <= 8 for int8/bf16/fp32, TM <= 4 for int4, which also holds per-group int32 partial sums).
+// (TM <= 8 for bf16/fp32, TM <= 4 for int8/int4, which also hold int32 partial sums).
 #pragma once
 #include <immintrin.h>
+
+#include <algorithm>
+
 #include "moe_tiles.h"
 
 namespace cpu_moe {
@@ -69,27 +72,31 @@ inline void tile_bf16(const WeightBlock* wb, const ActRow* a, int64_t Kp, int, f
 
 template <int TM>
 inline void tile_int8(const WeightBlock* wb, const ActRow* a, int64_t Kp, int, float* out) {
-  const int8_t* w0 = static_cast<const int8_t*>(wb[0].q);   // [Kp/4][16][4]
+  const int8_t* w0 = static_cast<const int8_t*>(wb[0].q);   // [Kp/2][16][2]
   const int8_t* w1 = static_cast<const int8_t*>(wb[1].q);
-  __m512i acc[TM][kRB];
-  for (int t = 0; t < TM; t++) acc[t][0] = acc[t][1] = _mm512_setzero_si512();
-  for (int64_t k = 0; k < Kp; k += 4) {
-    const __m512i v0 = _mm512_loadu_si512(w0 + k * kRows), v1 = _mm512_loadu_si512(w1 + k * kRows);
-    for (int t = 0; t < TM; t++) {
-      const __m512i av = _mm512_set1_epi32(load_i32(static_cast<const uint8_t*>(a[t].q) + k));
-      acc[t][0] = _mm512_dpbusd_epi32(acc[t][0], av, v0);
-      acc[t][1] = _mm512_dpbusd_epi32(acc[t][1], av, v1);
+  __m512 acc[TM][kRB];
+  for (int t = 0; t < TM; t++) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
+  for (int64_t k0 = 0; k0 < Kp; k0 += kFlushK) {
+    __m512i iacc[TM][kRB];
+    for (int t = 0; t < TM; t++) iacc[t][0] = iacc[t][1] = _mm512_setzero_si512();
+    const int64_t k1 = std::min<int64_t>(k0 + kFlushK, Kp);
+    for (int64_t k = k0; k < k1; k += 2) {   // s8 weights widened to s16, then s16 x s16 pairs (vpdpwssd)
+      const __m512i v0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + k * kRows)));
+      const __m512i v1 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w1 + k * kRows)));
+      for (int t = 0; t < TM; t++) {
+        const __m512i av = _mm512_set1_epi32(load_i32(static_cast<const int16_t*>(a[t].q) + k));
+        iacc[t][0] = _mm512_dpwssd_epi32(iacc[t][0], v0, av);
+        iacc[t][1] = _mm512_dpwssd_epi32(iacc[t][1], v1, av);
+      }
     }
-  }
-  __m512 res[TM][kRB];
-  for (int rb = 0; rb < kRB; rb++) {
-    const __m512i comp = _mm512_loadu_si512(wb[rb].comp);
-    const __m512 ws = _mm512_loadu_ps(static_cast<const float*>(wb[rb].scale));
     for (int t = 0; t < TM; t++)
-      res[t][rb] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[t][rb], comp)),
-                                 _mm512_mul_ps(ws, _mm512_set1_ps(a[t].scale[0])));
+      for (int rb = 0; rb < kRB; rb++) acc[t][rb] = _mm512_add_ps(acc[t][rb], _mm512_cvtepi32_ps(iacc[t][rb]));
   }
-  store_tile<TM>(res, out);
+  for (int rb = 0; rb < kRB; rb++) {
+    const __m512 ws = _mm512_loadu_ps(static_cast<const float*>(wb[rb].scale));
+    for (int t = 0; t < TM; t++) acc[t][rb] = _mm512_mul_ps(acc[t][rb], _mm512_mul_ps(ws, _mm512_set1_ps(a[t].scale[0])));
+  }
+  store_tile<TM>(acc, out);
 }
 
 template <int TM>

@@ -2,6 +2,8 @@
 // Built with -mavx2 -mfma for the "avx2" variant and with no ISA flags for "generic"; the compiler
 // vectorises the 16-row inner loops. Output: out [TM][kRB * 16] fp32.
 #pragma once
+#include <algorithm>
+
 #include "moe_tiles.h"
 
 namespace cpu_moe {
@@ -41,20 +43,21 @@ inline void tile_bf16(const WeightBlock* wb, const ActRow* a, int64_t Kp, int, f
 template <int TM>
 inline void tile_int8(const WeightBlock* wb, const ActRow* a, int64_t Kp, int, float* out) {
   for (int rb = 0; rb < kRB; rb++) {
-    const int8_t* w = static_cast<const int8_t*>(wb[rb].q);             // [Kp/4][16][4]
-    int32_t acc[TM][kRows] = {};
-    for (int64_t k = 0; k < Kp; k += 4)
-      for (int t = 0; t < TM; t++) {
-        const uint8_t* ap = static_cast<const uint8_t*>(a[t].q) + k;
-        for (int r = 0; r < kRows; r++) {
-          const int8_t* wr = w + k * kRows + 4 * r;
-          acc[t][r] += ap[0] * wr[0] + ap[1] * wr[1] + ap[2] * wr[2] + ap[3] * wr[3];
+    const int8_t* w = static_cast<const int8_t*>(wb[rb].q);             // [Kp/2][16][2]
+    float acc[TM][kRows] = {};
+    for (int64_t k0 = 0; k0 < Kp; k0 += kFlushK) {
+      int32_t iacc[TM][kRows] = {};
+      for (int64_t k = k0; k < std::min<int64_t>(k0 + kFlushK, Kp); k += 2)
+        for (int t = 0; t < TM; t++) {
+          const int16_t* ap = static_cast<const int16_t*>(a[t].q) + k;
+          for (int r = 0; r < kRows; r++) iacc[t][r] += ap[0] * w[k * kRows + 2 * r] + ap[1] * w[k * kRows + 2 * r + 1];
         }
-      }
+      for (int t = 0; t < TM; t++)
+        for (int r = 0; r < kRows; r++) acc[t][r] += float(iacc[t][r]);
+    }
     const float* ws = static_cast<const float*>(wb[rb].scale);
     for (int t = 0; t < TM; t++)
-      for (int r = 0; r < kRows; r++)
-        out[t * kRB * kRows + rb * kRows + r] = float(acc[t][r] - wb[rb].comp[r]) * (ws[r] * a[t].scale[0]);
+      for (int r = 0; r < kRows; r++) out[t * kRB * kRows + rb * kRows + r] = acc[t][r] * (ws[r] * a[t].scale[0]);
   }
 }
 
