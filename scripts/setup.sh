@@ -49,7 +49,11 @@ setup_venv() {
   if ! venv_is_usable; then
     local python; python="$(pick_python)"
     log "creating virtualenv $VENV with $(command -v "$python") ($("$python" -V 2>&1))"
-    rm -rf "$VENV"
+    if [[ -e "$VENV" ]]; then
+      # Only ever replace a broken virtualenv, never some other folder VENV happens to name.
+      [[ -f "$VENV/pyvenv.cfg" ]] || die "$VENV exists and is not a virtualenv; remove it or set VENV"
+      rm -rf "$VENV"
+    fi
     "$python" -m venv "$VENV"
   fi
   local pip=("$VENV/bin/python" -m pip --no-input --disable-pip-version-check)
@@ -64,7 +68,7 @@ setup_venv() {
   problems="$(grep -v -E "$KNOWN_MISSING" <<<"$report" | grep -v -E '^No broken requirements found\.$' || true)"
   [[ -z "$problems" ]] || die "pip check found broken requirements (fix requirements.lock):"$'\n'"$problems"
   # torch must be the CPU build: any other wheel drags in gigabytes of CUDA libraries.
-  "$VENV/bin/python" -c 'import torch, sys; v = torch.__version__; print("[setup] torch", v); sys.exit(torch.version.cuda is not None)' ||
+  "$VENV/bin/python" -c 'import sys, torch; print("[setup] torch", torch.__version__); sys.exit(torch.version.cuda is not None)' ||
     die "torch in $VENV is a CUDA build; install the CPU wheel torch==2.13.0 (+cpu)"
 
   echo "$key" > "$stamp"
