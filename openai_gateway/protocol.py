@@ -2,7 +2,7 @@
 
 Unknown fields are ignored, as OpenAI does. Known fields this server cannot honour (n > 1, logprobs,
 tools, ...) are refused with a 400 naming them, rather than silently dropped. top_k,
-repetition_penalty and min_tokens are accepted as vLLM's extensions are.
+repetition_penalty, min_tokens and ignore_eos are accepted as vLLM's extensions are.
 """
 from typing import Literal
 
@@ -29,12 +29,13 @@ class SamplingRequest(BaseModel):
     seed: int | None = Field(None, ge=0, lt=2**64)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    user: str | None = None
+    user: str | dict | None = None   # OpenAI: a string; some UIs send a dict of user info. Unused.
     logit_bias: dict[str, float] | None = None
     # vLLM extensions (the engine supports them)
     top_k: int | None = Field(None, ge=-1)      # -1 or 0: off
     repetition_penalty: float | None = Field(None, gt=0)
     min_tokens: int | None = Field(None, ge=0)
+    ignore_eos: bool | None = None                # benchmarks' way to get exactly max_tokens tokens
 
     @property
     def include_usage(self) -> bool:
@@ -64,6 +65,8 @@ class SamplingRequest(BaseModel):
                     "frequency_penalty": self.frequency_penalty, "repetition_penalty": self.repetition_penalty,
                     "min_tokens": self.min_tokens, "top_k": None if self.top_k is None else max(self.top_k, 0)}
         inputs |= {name: value for name, value in optional.items() if value is not None}
+        if self.ignore_eos:
+            inputs["end_id"] = -1   # moe_llm: -1 = never stop at end-of-sequence
         if self.stop_words():
             inputs["stop_words"] = self.stop_words()
         return inputs

@@ -6,7 +6,7 @@ import openai
 import pytest
 
 from tests.openai.conftest import _gateway
-from tests.openai.gateway_process import API_KEY, free_ports
+from tests.openai.gateway_process import API_KEY, GatewayProcess, free_ports
 
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 HELLO = [{"role": "user", "content": "hello"}]
@@ -129,3 +129,28 @@ def test_model_not_ready_is_503(request, which):
         with pytest.raises(openai.InternalServerError) as caught:
             client.completions.create(model=name, prompt="hi", max_tokens=1)
     assert caught.value.status_code == 503
+
+
+def test_triton_crash_mid_stream_ends_the_stream_with_an_error_event(chat_model_dir):
+    """Headers (200) are out once tokens flow: the error comes as an event, then [DONE], as OpenAI does."""
+    import json
+    import os
+    import signal
+
+    from backend.serve import TritonServer
+
+    with TritonServer(chat_model_dir, {"max_tokens_in_paged_kv_cache": "2048"}, exit_timeout_s=5) as triton, \
+            GatewayProcess(triton.grpc_url, chat_model_dir) as gateway:
+        with httpx.stream("POST", f"{gateway.base_url}/chat/completions", headers=HEADERS, timeout=60, json={
+                "model": gateway_name(gateway), "messages": HELLO, "max_tokens": 1500, "stream": True}) as reply:
+            lines = reply.iter_lines()
+            assert reply.status_code == 200 and next(lines).startswith("data: ")
+            os.killpg(triton.process.pid, signal.SIGKILL)
+            rest = [line for line in lines if line]
+        errors = [json.loads(line[6:])["error"] for line in rest if line.startswith('data: {"error"')]
+        assert rest[-1] == "data: [DONE]" and len(errors) == 1 and rest[-2].startswith('data: {"error"')
+        assert errors[0]["code"] == "model_not_ready" and "Triton" in errors[0]["message"]
+
+
+def gateway_name(gateway) -> str:
+    return httpx.get(f"{gateway.base_url}/models", headers=HEADERS, timeout=10).json()["data"][0]["id"]

@@ -106,12 +106,13 @@ def test_async_client_concurrent_stream_and_non_stream(gateway, model_name):
         async with openai.AsyncOpenAI(base_url=gateway.base_url, api_key=API_KEY, max_retries=0) as client:
             async def streamed():
                 stream = await client.chat.completions.create(model=model_name, messages=QUESTION, max_tokens=8,
-                                                              stream=True, seed=1, top_p=0.9, temperature=0.8)
+                                                              stream=True, seed=1, top_p=0.9, temperature=0.8,
+                                                              extra_body={"ignore_eos": True})
                 return [chunk async for chunk in stream]
 
             non_streamed = client.completions.create(model=model_name, prompt="The lazy dog", max_tokens=8, seed=3,
                                                      presence_penalty=0.5, frequency_penalty=0.5,
-                                                     extra_body={"unknown_field": 1, "top_k": 5})
+                                                     extra_body={"unknown_field": 1, "top_k": 5, "ignore_eos": True})
             return await asyncio.gather(streamed(), non_streamed, *(streamed() for _ in range(2)))
 
     chunks, completion, *others = asyncio.run(run())
