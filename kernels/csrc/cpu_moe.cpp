@@ -34,7 +34,7 @@ using TileFn = void (*)(const WeightBlock*, const ActRow*, int64_t, int, float*)
 constexpr int kMaxTM = 8;
 constexpr int64_t kSlotChunk = 64;      // slots per gate/up task: keeps its activation rows in L2
 constexpr int64_t kPairChunk = 4;       // gate/up block pairs per task (64 columns of I)
-constexpr int64_t kDownBlocks = 4;      // output blocks per down task (64 columns of H)
+constexpr int64_t kDownBlocks = 8;      // output blocks per down task (128 columns of H)
 
 struct Tiles { TileFn fn[4]; int tm[4]; int count; };
 
@@ -242,10 +242,10 @@ void moe_forward(int weight_type, int group, int64_t T, int64_t K, int64_t E, in
   run_tasks(down_tasks, [&](int64_t i) {
     float tile_out[kMaxTM * kRB * kRows];
     ActRow rows[kMaxTM];
-    const int64_t b1 = std::min((i + 1) * kDownBlocks, Hn / kRows);
-    for (int64_t b = i * kDownBlocks; b < b1 && b * kRows < H; b += kRB) {
-      const int64_t cols = std::min<int64_t>(kRB * kRows, H - b * kRows);
-      for (int64_t e : active) {
+    const int64_t b0 = i * kDownBlocks, b1 = std::min((i + 1) * kDownBlocks, Hn / kRows);
+    for (int64_t e : active)                                           // each expert's blocks b0..b1 are contiguous
+      for (int64_t b = b0; b < b1 && b * kRows < H; b += kRB) {
+        const int64_t cols = std::min<int64_t>(kRB * kRows, H - b * kRows);
         const WeightBlock wb[kRB] = {w2.block(e, b), w2.block(e, b + 1)};
         for_each_tile(tiles, count[e + 1] - count[e], [&](int64_t first, int j) {
           const int tm = tiles.tm[j];
@@ -259,7 +259,6 @@ void moe_forward(int weight_type, int group, int64_t T, int64_t K, int64_t E, in
           }
         });
       }
-    }
   });
 }
 
