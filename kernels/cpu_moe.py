@@ -77,14 +77,16 @@ class CpuExperts:
         kmult = quantize.k_multiple(expert_dtype, group_size)
         Hk, Hn = quantize.round_up(H, kmult), quantize.round_up(H, 32)
         Ia = quantize.round_up(I, math.lcm(16, kmult))
-        parts = {"w13": [], "w2": []}
+        packed = {}
         for e in range(E):   # one expert at a time keeps the float temporaries small
-            gate, up = w13[e, :I], w13[e, I:]
-            g = quantize.pack_matrix(gate, expert_dtype, Ia, Hk, group_size)
-            u = quantize.pack_matrix(up, expert_dtype, Ia, Hk, group_size)
-            parts["w13"].append({k: torch.cat([g[k], u[k]]) for k in g})          # gate blocks, then up blocks
-            parts["w2"].append(quantize.pack_matrix(w2[e], expert_dtype, Hn, Ia, group_size))
-        packed = {f"{m}_{k}": torch.stack([p[k] for p in parts[m]]) for m in parts for k in parts[m][0]}
+            g = quantize.pack_matrix(w13[e, :I], expert_dtype, Ia, Hk, group_size)
+            u = quantize.pack_matrix(w13[e, I:], expert_dtype, Ia, Hk, group_size)
+            parts = {f"w13_{k}": torch.cat([g[k], u[k]]) for k in g}             # gate blocks, then up blocks
+            parts.update({f"w2_{k}": v for k, v in quantize.pack_matrix(w2[e], expert_dtype, Hn, Ia, group_size).items()})
+            for key, t in parts.items():
+                if e == 0:
+                    packed[key] = torch.empty((E, *t.shape), dtype=t.dtype)
+                packed[key][e] = t
         return cls(packed, (E, H, I), (Hk, Hn, Ia), expert_dtype, group_size, kernel)
 
     def expert_nbytes(self) -> int:

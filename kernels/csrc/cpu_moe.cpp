@@ -7,9 +7,9 @@
 // topk_weights fp32 [T, K], out fp32 [T, H] zero-filled. Packed weights: see moe_tiles.h.
 //   w13: blocks [E][2 * Ia / 16] (gate blocks, then up blocks) over Hk; w2: blocks [E][Hn / 16] over Ia.
 // Steps: route (counting sort by expert) -> quantize x rows -> gate/up tiles + SiLU-and-mul
-//        -> quantize the activation rows -> down tiles, each task owning 64 output columns of every
-//        token, so every output element has one writer and a fixed summation order: results do not
-//        depend on the thread count.
+//        -> quantize the activation rows -> down tiles, each task owning 128 output columns of every
+//        token, so every output element has one writer and a fixed summation order (experts ascending,
+//        then slots): results do not depend on the thread count.
 #include <pybind11/pybind11.h>
 #include <ATen/Parallel.h>
 
