@@ -73,9 +73,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         errors = e.errors()
         if errors and errors[0]["type"] == "json_invalid":
             return await openai_error(request, bad_request(None, f"The body is not valid JSON: {errors[0]['msg']}"))
-        paths = [".".join(str(p) for p in err["loc"] if p != "body") or "body" for err in errors]
+        paths = [".".join(str(p) for p in err["loc"] if p != "body") for err in errors]
+        if not paths or not paths[0]:   # not an object at all, e.g. a form body from `curl -d` without a JSON header
+            return await openai_error(request, bad_request(None, "The body must be a JSON object; send it with "
+                                                                 "`Content-Type: application/json`"))
         message = "; ".join(f"{path}: {err['msg']}" for path, err in zip(paths, errors))
-        return await openai_error(request, bad_request(paths[0].split(".")[0] if paths else None, message))
+        return await openai_error(request, bad_request(paths[0].split(".")[0], message))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException):

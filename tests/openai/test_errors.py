@@ -66,6 +66,8 @@ def test_missing_model_field_and_invalid_json(gateway):
     reply = httpx.post(f"{gateway.base_url}/chat/completions", content=b"{not json", timeout=10,
                        headers=HEADERS | {"Content-Type": "application/json"})
     assert "JSON" in assert_error(reply, 400, None)["message"]
+    form = httpx.post(f"{gateway.base_url}/completions", data={"model": "x", "prompt": "hi"}, headers=HEADERS, timeout=10)
+    assert "Content-Type: application/json" in assert_error(form, 400, None)["message"]
 
 
 def test_triton_invalid_arg_becomes_400_with_the_openai_field(client, model_name):
@@ -89,6 +91,7 @@ def test_api_key_required_when_configured(gateway, model_name):
                              401, None, "invalid_api_key")
         assert "OPENAI_API_KEY" in error["message"]
     assert httpx.get(f"{gateway.base_url}/models", timeout=10).status_code == 401
+    assert post(gateway, "/chat/completions", {"nonsense": 1}, {}).status_code == 401, "auth before validation"
     assert httpx.get(f"{gateway.url}/health", timeout=10).status_code == 200, "probes need no key"
     with openai.OpenAI(base_url=gateway.base_url, api_key="wrong-key", max_retries=0) as wrong:
         with pytest.raises(openai.AuthenticationError):

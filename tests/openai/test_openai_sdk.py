@@ -4,6 +4,7 @@ model's, usage is the model's token counts."""
 import asyncio
 
 import openai
+import pytest
 
 from backend import SamplingParams
 from tests.openai.gateway_process import API_KEY
@@ -128,3 +129,22 @@ def test_models_list(client, model_name):
     assert [m.id for m in models.data] == [model_name]
     assert models.data[0].object == "model" and models.data[0].owned_by and models.data[0].created > 0
     assert client.models.retrieve(model_name).id == model_name
+
+
+@pytest.mark.parametrize("sampling", [
+    {"temperature": 0.8, "top_p": 0.9, "seed": 7},
+    {"temperature": 0, "presence_penalty": 2.0},
+    {"temperature": 0, "frequency_penalty": 2.0},
+    {"temperature": 0, "repetition_penalty": 1.5},
+    {"temperature": 1.0, "top_k": 3, "seed": 3},
+])
+def test_sampling_parameters_reach_the_engine(client, model_name, offline_engine, tokenizer, sampling):
+    """Same result as the offline engine with the same settings, and not the plain greedy one."""
+    prompt = tokenizer.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True)
+    expected = offline_engine.generate(prompt, SamplingParams(max_tokens=24, ignore_eos=True, **sampling))[0].text
+    greedy = offline_engine.generate(prompt, SamplingParams(max_tokens=24, ignore_eos=True))[0].text
+    openai_fields = {k: v for k, v in sampling.items() if k not in ("repetition_penalty", "top_k")}
+    extensions = {k: v for k, v in sampling.items() if k in ("repetition_penalty", "top_k")}
+    reply = client.chat.completions.create(model=model_name, messages=QUESTION, max_tokens=24, **openai_fields,
+                                           extra_body={"ignore_eos": True, **extensions})
+    assert reply.choices[0].message.content == expected != greedy
