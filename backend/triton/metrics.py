@@ -114,7 +114,8 @@ class TritonMetrics:
             stats = self._runner.stats()
             self._export(stats)
             self._maybe_log(stats)
-            if stats.active:
+            # num_requests() counts submitted requests the engine has not taken in yet; stats() does not.
+            if stats.active or self._runner.num_requests():
                 timeout = self._period
             else:   # idle: wake once more to log the tail of the last burst, then sleep until woken
                 timeout = self._log_period if stats.iterations != self._last_log[1].iterations else None
