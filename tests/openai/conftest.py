@@ -7,7 +7,7 @@ import openai
 import pytest
 
 from backend.serve import TritonServer
-from tests.openai.gateway_process import API_KEY, GatewayProcess
+from tests.openai.gateway_process import API_KEY, run_gateway
 
 # The tiny model's byte-level BPE tokenizer has no chat template; this one marks roles with plain text.
 CHAT_TEMPLATE = ("{% for message in messages %}<{{ message['role'] }}> {{ message['content'] }}\n{% endfor %}"
@@ -48,14 +48,6 @@ def _serve(model_dir, params):
     print(f"\n--- tritonserver log tail ({params}) ---\n{tail}")
 
 
-def _gateway(*args, **kwargs):
-    gateway = GatewayProcess(*args, **kwargs).start()
-    yield gateway
-    log = gateway.log_text()
-    gateway.stop()
-    print(f"\n--- gateway log ---\n{log[-4000:]}")
-
-
 @pytest.fixture(scope="session")
 def triton(chat_model_dir):
     yield from _serve(chat_model_dir, TRITON_PARAMS)
@@ -63,7 +55,7 @@ def triton(chat_model_dir):
 
 @pytest.fixture(scope="session")
 def gateway(triton, chat_model_dir):
-    yield from _gateway(triton.grpc_url, chat_model_dir)
+    yield from run_gateway(triton.grpc_url, chat_model_dir)
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +65,7 @@ def small_queue_triton(chat_model_dir):
 
 @pytest.fixture(scope="session")
 def small_queue_gateway(small_queue_triton, chat_model_dir):
-    yield from _gateway(small_queue_triton.grpc_url, chat_model_dir)
+    yield from run_gateway(small_queue_triton.grpc_url, chat_model_dir)
 
 
 @pytest.fixture(scope="session")

@@ -71,6 +71,15 @@ class GatewayProcess:
         self.stop()
 
 
+def run_gateway(*args, **kwargs):
+    """Fixture body: a started gateway; its log is printed when it stops (pytest shows it on failure)."""
+    gateway = GatewayProcess(*args, **kwargs).start()
+    yield gateway
+    log = gateway.log_text()
+    gateway.stop()
+    print(f"\n--- gateway log ---\n{log[-4000:]}")
+
+
 def triton_metric(server, family: str, **labels) -> float:
     """The one sample of a Triton metric family whose labels include `labels`."""
     page = httpx.get(server.metrics_url, timeout=5).text

@@ -1,12 +1,17 @@
 """Errors in OpenAI's format ({"error": {message, type, param, code}}) with the documented status:
 400 bad parameters (checked locally, or Triton's INVALID_ARG naming the field), 401 missing or wrong
-API key, 404 unknown model, 503 Triton down or model not ready. (429: test_disconnect_and_queue.py.)"""
+API key, 404 unknown model, 503 Triton down or model not ready. 
+(429: test_gateway_disconnect_and_queue.py.)"""
+import json
+import os
+import signal
+
 import httpx
 import openai
 import pytest
 
-from tests.openai.conftest import _gateway
-from tests.openai.gateway_process import API_KEY, GatewayProcess, free_ports
+from backend.serve import TritonServer
+from tests.openai.gateway_process import API_KEY, GatewayProcess, free_ports, run_gateway
 
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 HELLO = [{"role": "user", "content": "hello"}]
@@ -111,12 +116,12 @@ def test_unknown_model_is_404(client, gateway):
 
 @pytest.fixture(scope="module")
 def gateway_without_triton(chat_model_dir):
-    yield from _gateway(f"127.0.0.1:{free_ports(1)[0]}", chat_model_dir, api_key=None)
+    yield from run_gateway(f"127.0.0.1:{free_ports(1)[0]}", chat_model_dir, api_key=None)
 
 
 @pytest.fixture(scope="module")
 def gateway_without_model(triton, chat_model_dir):
-    yield from _gateway(triton.grpc_url, chat_model_dir, api_key=None, TRITON_MODEL="not_loaded")
+    yield from run_gateway(triton.grpc_url, chat_model_dir, api_key=None, TRITON_MODEL="not_loaded")
 
 
 @pytest.mark.parametrize("which", ["gateway_without_triton", "gateway_without_model"])
@@ -136,16 +141,11 @@ def test_model_not_ready_is_503(request, which):
 
 def test_triton_crash_mid_stream_ends_the_stream_with_an_error_event(chat_model_dir):
     """Headers (200) are out once tokens flow: the error comes as an event, then [DONE], as OpenAI does."""
-    import json
-    import os
-    import signal
-
-    from backend.serve import TritonServer
-
     with TritonServer(chat_model_dir, {"max_tokens_in_paged_kv_cache": "2048"}, exit_timeout_s=5) as triton, \
             GatewayProcess(triton.grpc_url, chat_model_dir) as gateway:
         with httpx.stream("POST", f"{gateway.base_url}/chat/completions", headers=HEADERS, timeout=60, json={
-                "model": gateway_name(gateway), "messages": HELLO, "max_tokens": 1500, "stream": True}) as reply:
+                "model": gateway_name(gateway), "messages": HELLO, "max_tokens": 1500, "stream": True,
+                "temperature": 0, "ignore_eos": True}) as reply:
             lines = reply.iter_lines()
             assert reply.status_code == 200 and next(lines).startswith("data: ")
             os.killpg(triton.process.pid, signal.SIGKILL)
