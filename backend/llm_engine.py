@@ -13,6 +13,7 @@ from backend.detokenizer import IncrementalDetokenizer
 from backend.errors import InvalidRequest
 from backend.model_runner import ModelRunner, kv_cache_num_blocks
 from backend.models.loader import build_model
+from backend.models.placement import place_experts
 from backend.outputs import EngineStats, GenerationResult, RequestOutput
 from backend.sampling_params import SamplingParams
 from backend.scheduler import ScheduledBatch, Scheduler
@@ -32,6 +33,7 @@ class LLMEngine:
             torch.set_num_threads(config.num_threads)
         self.dtype = DTYPES[config.dtype]
         self.model, self.spec, self.hf_config = build_model(config.model, self.dtype)
+        self.placement_notes = place_experts(self.model, config.placement, config.expert_dtype)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(config.model, trust_remote_code=False)
         except Exception as e:
@@ -85,6 +87,8 @@ class LLMEngine:
         log.info("scheduler: %s, batching=%s, max_batch_size=%d, max_num_tokens=%d, chunked_context=%s, "
                  "kv_cache_reuse=%s, threads=%d", c.batch_scheduler_policy, c.batching_strategy, c.max_batch_size,
                  c.max_num_tokens, c.enable_chunked_context, c.enable_kv_cache_reuse, torch.get_num_threads())
+        for note in self.placement_notes:
+            log.info("placement: %s", note)
         if c.batch_scheduler_policy == "guaranteed_no_evict" and fit < 2:
             log.warning("guaranteed_no_evict reserves prompt + max_tokens per request and the KV budget holds fewer "
                         "than 2 max-length requests: raise max_tokens_in_paged_kv_cache or use max_utilization")

@@ -16,8 +16,26 @@ def prompts():
     return [[(7 * i + 3 * n) % 300 + 5 for i in range(n)] for n in PROMPT_LENS]
 
 
-def hf_greedy(model_dir, prompt_list, n=NEW_TOKENS):
+def bf16_experts_forward(self, x, topk_ids, topk_weights):
+    """transformers' experts computed as bf16 experts are specified: bf16 weights, bf16 inputs to each
+    GEMM, fp32 accumulation (what the fused CPU kernel implements)."""
+    r = lambda t: t.to(torch.bfloat16).float()
+    w13, w2, inter = r(self.gate_up_proj), r(self.down_proj), self.down_proj.shape[2]
+    out = torch.zeros_like(x)
+    for t in range(x.shape[0]):
+        for k in range(topk_ids.shape[1]):
+            e = int(topk_ids[t, k])
+            h = r(x[t]) @ w13[e].T
+            out[t] += topk_weights[t, k] * (r(torch.nn.functional.silu(h[:inter]) * h[inter:]) @ w2[e].T)
+    return out
+
+
+def hf_greedy(model_dir, prompt_list, n=NEW_TOKENS, expert_dtype="fp32"):
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if expert_dtype == "bf16":
+        for module in hf.modules():
+            if hasattr(module, "gate_up_proj") and hasattr(module, "down_proj"):
+                module.forward = bf16_experts_forward.__get__(module)
     out = []
     for p in prompt_list:
         ids = hf.generate(torch.tensor([p]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
@@ -26,11 +44,14 @@ def hf_greedy(model_dir, prompt_list, n=NEW_TOKENS):
     return out
 
 
+@pytest.mark.parametrize("expert_dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_greedy_matches_transformers(tiny_model, family):
+def test_greedy_matches_transformers(tiny_model, family, expert_dtype):
+    """fp32 experts run the torch reference; bf16 experts run the fused CPU kernel."""
     model_dir = tiny_model(family)
-    ref = hf_greedy(model_dir, prompts())
-    engine = LLMEngine.from_pretrained(model_dir, max_tokens_in_paged_kv_cache=4096, tokens_per_block=BLOCK, warmup=False)
+    ref = hf_greedy(model_dir, prompts(), expert_dtype=expert_dtype)
+    engine = LLMEngine.from_pretrained(model_dir, max_tokens_in_paged_kv_cache=4096, tokens_per_block=BLOCK,
+                                       warmup=False, expert_dtype=expert_dtype)
     greedy = SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True)
     together = engine.generate(prompts(), greedy)
     assert [r.token_ids for r in together] == ref
@@ -43,7 +64,8 @@ def test_staggered_arrivals_match(tiny_model):
     """Requests joining a running batch at different steps (inflight batching) give the same tokens."""
     model_dir = tiny_model("qwen3_moe")
     ref = hf_greedy(model_dir, prompts())
-    engine = LLMEngine.from_pretrained(model_dir, max_tokens_in_paged_kv_cache=4096, tokens_per_block=BLOCK, warmup=False)
+    engine = LLMEngine.from_pretrained(model_dir, max_tokens_in_paged_kv_cache=4096, tokens_per_block=BLOCK,
+                                       warmup=False, expert_dtype="fp32")
     greedy = SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True)
     tokens: dict[str, list[int]] = {}
     pending = list(enumerate(prompts()))
@@ -68,7 +90,7 @@ def test_staggered_arrivals_match(tiny_model):
 def test_scheduling_modes_keep_greedy_tokens(tiny_model, settings):
     model_dir = tiny_model("mixtral")
     ref = hf_greedy(model_dir, prompts())
-    cfg = dict(max_tokens_in_paged_kv_cache=4096, tokens_per_block=BLOCK, warmup=False)
+    cfg = dict(max_tokens_in_paged_kv_cache=4096, tokens_per_block=BLOCK, warmup=False, expert_dtype="fp32")
     engine = LLMEngine.from_pretrained(model_dir, **{**cfg, **settings})
     greedy = SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True)
     assert [r.token_ids for r in engine.generate(prompts(), greedy)] == ref

@@ -21,6 +21,11 @@ class Experts(nn.Module):
         self.w2 = nn.Parameter(torch.empty(num_experts, hidden, intermediate))        # [E, H, I]
         self.op = None
 
+    def release_weights(self) -> None:
+        """Drop the float weights once `op` holds its own packed copy (halves memory or better)."""
+        self.w13 = nn.Parameter(torch.empty(0), requires_grad=False)
+        self.w2 = nn.Parameter(torch.empty(0), requires_grad=False)
+
     def forward(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
         if self.op is not None:
             return self.op.forward(x, topk_ids, topk_weights)
