@@ -22,6 +22,7 @@ class PromptBuilder:
         self._dir = tokenizer_dir
         self._find_model_dir = find_model_dir
         self._tokenizer = None
+        self._no_model_dir = False      # Triton answered, and its model folder is not visible from here
         self.max_seq_len: int | None = None
         self._lock = asyncio.Lock()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
@@ -33,7 +34,8 @@ class PromptBuilder:
         """The tokenizer, loaded on first use; None when no model folder is known and not required."""
         async with self._lock:
             if self._tokenizer is None:
-                folder = self._dir or await self._find_model_dir()
+                folder = self._dir or (None if self._no_model_dir else await self._find_model_dir())
+                self._no_model_dir = folder is None
                 if folder is None:
                     if not required:
                         return None
@@ -64,7 +66,11 @@ class PromptBuilder:
 def _load_tokenizer(folder: Path):
     from transformers import AutoTokenizer   # imported here: the gateway starts without it when unused
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as e:
+        raise RuntimeError(f"cannot load a tokenizer from {folder} ({e}); TOKENIZER_DIR must be a model folder "
+                           "with tokenizer files") from None
     try:
         max_seq_len = json.loads((Path(folder) / "config.json").read_text()).get("max_position_embeddings")
     except (OSError, ValueError):

@@ -1,7 +1,10 @@
-"""Gateway settings from the environment: defaults, docker-compose's empty strings, errors naming the variable."""
+"""Gateway settings from the environment: defaults, docker-compose's empty strings, errors naming the variable,
+and a gateway started with neither TOKENIZER_DIR nor a key."""
+import httpx
 import pytest
 
 from openai_gateway.settings import GatewaySettings, SettingsError
+from tests.openai.gateway_process import GatewayProcess
 
 
 def test_defaults():
@@ -27,3 +30,17 @@ def test_compose_style_values(tmp_path):
 def test_bad_values_name_the_variable(env, name):
     with pytest.raises(SettingsError, match=name):
         GatewaySettings.from_env(env)
+
+
+def test_without_tokenizer_dir_or_key(triton, offline_engine, tokenizer):
+    """No TOKENIZER_DIR: the chat template comes from Triton's `model` folder and the model id is TRITON_MODEL;
+    no OPENAI_API_KEY: requests need no Authorization header."""
+    messages = [{"role": "user", "content": "The quick brown fox"}]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    expected = offline_engine.generate(prompt)[0]   # greedy, 16 tokens
+    with GatewayProcess(triton.grpc_url, tokenizer_dir=None, api_key=None) as gateway:
+        assert httpx.get(f"{gateway.base_url}/models", timeout=10).json()["data"][0]["id"] == "moe_llm"
+        reply = httpx.post(f"{gateway.base_url}/chat/completions", timeout=60, json={
+            "model": "moe_llm", "messages": messages, "max_tokens": 16, "temperature": 0}).json()
+    assert reply["choices"][0]["message"]["content"] == expected.text
+    assert reply["usage"]["prompt_tokens"] == len(expected.prompt_token_ids)
