@@ -51,7 +51,7 @@ def test_gateway_service_defaults_and_overrides(compose):
     assert gateway["command"] == ["python3", "-m", "openai_gateway"]
     assert gateway["environment"] == {"GATEWAY_HOST": "0.0.0.0", "GATEWAY_PORT": "9000",
                                       "TRITON_GRPC_URL": "tritonserver:8001", "TRITON_MODEL": "moe_llm",
-                                      "OPENAI_API_KEY": ""}
+                                      "OPENAI_API_KEY": "", "TOKENIZER_DIR": "/models/smollm2-moe"}
     assert gateway["depends_on"]["tritonserver"]["condition"] == "service_healthy"
     assert gateway["image"] == services["tritonserver"]["image"]
 
@@ -63,6 +63,9 @@ def test_gateway_service_defaults_and_overrides(compose):
     assert [(p["published"], p["target"]) for p in gateway["ports"]] == [("9100", 9100)]
     assert "--model=/models/my-moe" in triton["command"]
     assert {v["target"]: v["source"] for v in triton["volumes"]}["/models"] == "/srv/models"
+    # the gateway reads the chat template from the same model folder
+    assert {v["target"]: v["source"] for v in gateway["volumes"]}["/models"] == "/srv/models"
+    assert gateway["environment"]["TOKENIZER_DIR"] == "/models/my-moe"
     assert triton["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 2
 
 
