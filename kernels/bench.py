@@ -4,9 +4,11 @@
 
 For layer shapes of Qwen3-30B-A3B, Mixtral-8x7B and DeepSeek-V3 at T tokens: ms per layer, bytes of expert
 weights read (distinct routed experts x packed bytes per expert), effective GB/s, its ratio to the memory
-bandwidth measured in the same run (torch sum over 512 MiB), and the speedup over torch fp32 and bf16
-(the faster of F.grouped_mm and a per-expert loop), all measured in the same run. Routing is random and
-changes every call, so the weights come from DRAM, not from the last call's cache.
+bandwidth (torch sum over 512 MiB), and the speedup over torch fp32 and bf16 (the faster of F.grouped_mm
+and a per-expert loop). The machine is shared, so every implementation and the bandwidth probe run in
+round-robin: each round runs each once, so they share the same time window (and the same contention),
+and all ratios come from that window. Routing is random and changes every call, and the last-level cache
+is flushed before every call: the weights come from DRAM, as in a model with many layers.
 """
 import argparse
 import json
@@ -24,9 +26,10 @@ from kernels.cpu_moe import CpuExperts, describe_cpu
 from kernels.moe_reference import moe_reference
 from kernels.moe_torch import TorchExperts
 
-# resident: experts kept in memory (the machine has 24 GiB, shared); routing picks top-k of those.
+# resident: experts kept in memory (24 GiB, shared machine: every format of one model at once stays
+# under ~4 GB); routing picks top-k among those.
 MODELS = {
-    "qwen3-30b-a3b": dict(H=2048, I=768, E=128, K=8, resident=128),
+    "qwen3-30b-a3b": dict(H=2048, I=768, E=128, K=8, resident=64),
     "mixtral-8x7b": dict(H=4096, I=14336, E=8, K=2, resident=2),
     "deepseek-v3": dict(H=7168, I=2048, E=256, K=8, resident=8),
 }
@@ -35,24 +38,35 @@ OURS = ("int4", "int8", "bf16")
 GROUP_SIZE = 64
 
 
-def timed(fn, calls, min_reps: int, budget_s: float) -> list[float]:
-    """Seconds per call (one warm-up), cycling through calls until min_reps and budget_s are both reached."""
-    fn(*calls[0])
-    times, i = [], 0
-    while len(times) < min_reps or (sum(times) < budget_s and len(times) < 200):
-        args = calls[i % len(calls)]
-        t0 = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - t0)
-        i += 1
+class Probe:
+    """Memory read bandwidth: torch sum over 512 MiB with the current threads (it also flushes the caches)."""
+    def __init__(self, mib: int = 512):
+        self.buf = torch.ones(mib * 2 ** 18, dtype=torch.float32)
+        self.nbytes = self.buf.numel() * 4
+
+    def __call__(self, *_):
+        self.buf.sum()
+
+
+def round_robin(impls: dict, calls: list, flush, min_rounds: int, budget_s: float) -> dict[str, list[float]]:
+    """Seconds per call of every impl, one call each per round (rotating order), caches flushed before each."""
+    times = {name: [] for name in impls}
+    for fn in impls.values():   # warm-up
+        fn(*calls[0])
+    spent, r = 0.0, 0
+    while r < min_rounds or (spent < budget_s and r < 100):
+        names = list(impls)
+        names = names[r % len(names):] + names[:r % len(names)]
+        for i, name in enumerate(names):
+            args = calls[(r * len(names) + i) % len(calls)]
+            flush()
+            t0 = time.perf_counter()
+            impls[name](*args)
+            dt = time.perf_counter() - t0
+            times[name].append(dt)
+            spent += dt
+        r += 1
     return times
-
-
-def memory_bandwidth() -> float:
-    """Read bandwidth in bytes/s: torch sum over 512 MiB with the current threads (median of 7)."""
-    buf = torch.ones(128 * 2 ** 20, dtype=torch.float32)
-    times = timed(lambda: buf.sum(), [()], 7, 0.0)
-    return buf.numel() * 4 / statistics.median(times)
 
 
 def make_routings(T: int, resident: int, K: int, n: int, seed: int) -> list:
@@ -89,8 +103,9 @@ def fill_x(calls, H):
     return [(torch.randn(x.shape[0], H), ids, w) for x, ids, w in calls]
 
 
-def run(models: list[str], tokens: tuple, quick: bool) -> dict:
-    bandwidth = memory_bandwidth()
+def run(models: list[str], tokens: tuple, quick: bool, probe_mib: int = 512, flush_mib: int = 64) -> dict:
+    probe = Probe(probe_mib)
+    flush = torch.ones(flush_mib * 2 ** 18, dtype=torch.float32)             # 64 MiB > last-level cache
     rows = []
     for name in models:
         m = MODELS[name]
@@ -98,67 +113,64 @@ def run(models: list[str], tokens: tuple, quick: bool) -> dict:
         torch.manual_seed(0)
         w13 = (torch.randn(R, 2 * I, H, dtype=torch.bfloat16) * 0.02)         # [R, 2I, H] master weights
         w2 = (torch.randn(R, H, I, dtype=torch.bfloat16) * 0.02)              # [R, H, I]
-        calls = {T: fill_x(make_routings(T, R, K, 16 if T < 64 else 4, T), H) for T in tokens}
-        experts_read = {T: statistics.mean(c[1].unique().numel() for c in calls[T]) for T in tokens}
-
-        def measure(impl: str, fn, expert_nbytes: int, T: int):
-            big = T * K * I * H > 2e9                                         # MACs per GEMM, roughly
-            times = timed(fn, calls[T], 2 if big else 5, 0.5 if quick else (2.0 if big else 1.5))
-            med = statistics.median(times)
-            q = statistics.quantiles(times, n=10) if len(times) >= 3 else [min(times)] * 9
-            nbytes = experts_read[T] * expert_nbytes
-            rows.append({"model": name, "T": T, "impl": impl, "ms": med * 1e3, "noise": (q[-1] - q[0]) / 2 / med,
-                         "reps": len(times), "experts_read": experts_read[T], "bytes": nbytes,
-                         "gbps": nbytes / med / 1e9, "of_bandwidth": nbytes / med / bandwidth})
-            print(f"  {name} T={T:<4} {impl:<28} {med * 1e3:9.3f} ms", file=sys.stderr, flush=True)
-
+        impls, nbytes = {}, {}                                                # name -> forward, bytes per expert
         for dtype in OURS:
-            experts = CpuExperts.from_weights(w13, w2, dtype, group_size=GROUP_SIZE)
-            for T in tokens:
-                measure(experts.kernel_name, experts.forward, experts.expert_nbytes(), T)
-            del experts
+            ex = CpuExperts.from_weights(w13, w2, dtype, group_size=GROUP_SIZE)
+            impls[ex.kernel_name], nbytes[ex.kernel_name] = ex.forward, ex.expert_nbytes()
         for dtype in ("int8", "int4"):   # the torch-only route: per-expert torch int ops
-            experts = TorchExperts.from_weights(w13, w2, dtype, GROUP_SIZE)
-            for T in tokens:
-                if T <= 64:
-                    measure(experts.kernel_name, experts.forward, experts.expert_nbytes(), T)
-            del experts
+            ex = TorchExperts.from_weights(w13, w2, dtype, GROUP_SIZE)
+            impls[ex.kernel_name], nbytes[ex.kernel_name] = ex.forward, ex.expert_nbytes()
         for label, wd in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             a, b = w13.to(wd), w2.to(wd)
-            per_expert = (a[0].numel() + b[0].numel()) * a.element_size()
-            for T in tokens:
-                measure(f"torch/grouped_mm {label}", grouped_mm_moe(a, b), per_expert, T)
-                measure(f"torch/expert loop {label}", loop_moe(a, b), per_expert, T)
-            del a, b
-        for T in tokens:   # speedups over the faster torch baseline of each dtype
-            here = [r for r in rows if r["model"] == name and r["T"] == T]
-            for label in ("fp32", "bf16"):
-                base = min((r for r in here if r["impl"].startswith("torch/") and r["impl"].endswith(label)),
+            for kind, make in (("grouped_mm", grouped_mm_moe), ("expert loop", loop_moe)):
+                impls[f"torch/{kind} {label}"] = make(a, b)
+                nbytes[f"torch/{kind} {label}"] = (a[0].numel() + b[0].numel()) * a.element_size()
+        for T in tokens:
+            calls = fill_x(make_routings(T, R, K, 16, T), H)
+            experts_read = statistics.mean(c[1].unique().numel() for c in calls)
+            here = {k: v for k, v in impls.items() if T <= 64 or not k.startswith("torch/_weight")}   # too slow
+            times = round_robin({**here, "bandwidth probe": probe}, calls, flush.sum, 2 if quick else 3,
+                                0.5 if quick else 3.0)
+            bandwidth = probe.nbytes / statistics.median(times.pop("bandwidth probe"))
+            print(f"  {name} T={T}: bandwidth {bandwidth / 1e9:.1f} GB/s, {len(times[next(iter(times))])} rounds",
+                  file=sys.stderr, flush=True)
+            batch = []
+            for impl, ts in times.items():
+                med = statistics.median(ts)
+                lo, hi = (min(ts), max(ts)) if len(ts) < 5 else (lambda q: (q[0], q[-1]))(statistics.quantiles(ts, n=10))
+                b = experts_read * nbytes[impl]
+                batch.append({"model": name, "T": T, "impl": impl, "ms": med * 1e3, "noise": (hi - lo) / 2 / med,
+                              "reps": len(ts), "experts_read": experts_read, "bytes": b, "gbps": b / med / 1e9,
+                              "bandwidth_gbps": bandwidth / 1e9, "of_bandwidth": b / med / bandwidth})
+            for label in ("fp32", "bf16"):   # speedups over the faster torch baseline of each dtype
+                base = min((r for r in batch if r["impl"].startswith("torch/") and r["impl"].endswith(label)),
                            key=lambda r: r["ms"])
-                for r in here:
+                for r in batch:
                     r[f"vs_torch_{label}"] = base["ms"] / r["ms"]
                     r[f"torch_{label}_baseline"] = base["impl"]
-    return {"bandwidth_gbps": bandwidth / 1e9, "rows": rows}
+            rows += batch
+        del impls
+    return {"rows": rows}
 
 
 def format_table(result: dict, meta: dict) -> str:
     out = [f"CPU MoE layer benchmark ({meta['date']}); command: `{meta['command']}`",
            f"CPU: {meta['cpu']}; torch threads: {meta['threads']}; load average before/after: "
            f"{meta['load_before']} / {meta['load_after']}",
-           f"measured memory bandwidth (torch sum, 512 MiB): {result['bandwidth_gbps']:.1f} GB/s",
-           "ms = median per layer call; noise = half the p10-p90 spread; x BW = effective GB/s / measured bandwidth;",
-           "vs torch = speedup over the faster of torch F.grouped_mm / per-expert loop in that dtype, same run.", ""]
+           "ms = median per layer call (cold cache); noise = half the p10-p90 spread (max-min under 5 rounds);",
+           "BW = memory bandwidth (torch sum over 512 MiB) measured in the same rounds; x BW = effective GB/s / BW;",
+           "vs torch = speedup over the faster of torch F.grouped_mm / per-expert loop in that dtype, same rounds.", ""]
     for name, m in MODELS.items():
         rows = [r for r in result["rows"] if r["model"] == name]
         if not rows:
             continue
         out += [f"### {name}: H {m['H']}, I {m['I']}, {m['E']} experts, top-{m['K']}; "
                 f"{m['resident']} experts resident{' (routing picks among these)' if m['resident'] < m['E'] else ''}",
-                "| T | impl | ms/layer | noise | experts read | MB read | GB/s | x BW | vs torch fp32 | vs torch bf16 |",
-                "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "| T | impl | ms/layer | noise | experts read | MB read | GB/s | BW GB/s | x BW | vs torch fp32 | vs torch bf16 |",
+                "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             out.append(f"| {r['T']} | {r['impl']} | {r['ms']:.3f} | {r['noise']:.0%} | {r['experts_read']:.1f} | "
-                       f"{r['bytes'] / 1e6:.1f} | {r['gbps']:.1f} | {r['of_bandwidth']:.2f} | "
+                       f"{r['bytes'] / 1e6:.1f} | {r['gbps']:.1f} | {r['bandwidth_gbps']:.1f} | {r['of_bandwidth']:.2f} | "
                        f"{r['vs_torch_fp32']:.2f}x | {r['vs_torch_bf16']:.2f}x |")
         out.append("")
     out += targets(result)

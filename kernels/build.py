@@ -66,6 +66,7 @@ def load_variant(name: str, build: bool = True):
         if stale != out:
             shutil.rmtree(stale, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
+    _put_ninja_on_path()
     print(f"building CPU MoE kernel {v.name} into {out} (one-time, ~20s) ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     try:
@@ -78,6 +79,17 @@ def load_variant(name: str, build: bool = True):
                          "install g++ and ninja (pip install ninja) or use operator 'torch'") from e
     print(f"built CPU MoE kernel {v.name} in {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
     return module
+
+
+def _put_ninja_on_path() -> None:
+    """cpp_extension runs `ninja` from PATH; the pip package's copy is not there when the venv is not activated."""
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja
+    except ImportError:
+        return
+    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
 def main(argv=None) -> int:

@@ -171,3 +171,25 @@ def test_bad_weights_name_the_field():
         CpuExperts.from_weights(w13, w2, "int8", kernel="avx9000")
     with pytest.raises(ValueError, match="group_size must be one of"):
         CpuExperts.from_weights(w13, w2, "int4", group_size=16, kernel="torch")
+
+
+def test_cached_build_loads_without_the_compiler(monkeypatch):
+    from kernels import build
+
+    def no_compiler(**kwargs):
+        raise AssertionError("a cached build must not run the compiler")
+    monkeypatch.setattr(build.cpp_extension, "load", no_compiler)
+    module = build.load_variant.__wrapped__(KERNELS[0])   # bypass the in-process cache
+    assert module.tiles in ("avx512", "portable")
+
+
+def test_falls_back_to_torch_when_nothing_builds(monkeypatch, caplog):
+    from kernels import build
+
+    def no_build(name, *args):
+        raise build.BuildError(f"CPU MoE kernel {name} is not built")
+    monkeypatch.setattr(build, "load_variant", no_build)
+    w13, w2 = make_weights(4, 64, 32)
+    experts = CpuExperts.from_weights(w13, w2, "int8")
+    assert experts.kernel_name.startswith("torch/") and "no fused CPU MoE kernel" in caplog.text
+    assert "torch (no extension)" in cpu_moe.describe_cpu()

@@ -1,0 +1,17 @@
+"""The benchmark's code path on a tiny layer (numbers are not asserted: performance is measured, not tested)."""
+from kernels import bench
+
+
+def test_bench_runs_on_a_tiny_layer(monkeypatch):
+    monkeypatch.setitem(bench.MODELS, "tiny", dict(H=64, I=32, E=8, K=2, resident=8))
+    result = bench.run(["tiny"], (1, 8), quick=True, probe_mib=8, flush_mib=4)
+    impls = {r["impl"] for r in result["rows"]}
+    assert {"torch/grouped_mm fp32", "torch/expert loop bf16"} <= impls
+    assert sum(i.startswith("fused_cpu/") for i in impls) == len(bench.OURS)
+    for r in result["rows"]:
+        assert r["ms"] > 0 and r["bandwidth_gbps"] > 0 and r["bytes"] > 0
+        assert r["vs_torch_fp32"] > 0 and r["torch_bf16_baseline"].startswith("torch/")
+    table = bench.format_table(result, {"date": "now", "command": "python -m kernels.bench", "cpu": "cpu",
+                                        "threads": 1, "load_before": "0", "load_after": "0"})
+    assert "### tiny: H 64, I 32, 8 experts, top-2" in table
+    assert "| 8 | fused_cpu/" in table
