@@ -215,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         server.start()
         print(f"\nmoe_llm is ready ({model_dir})\n  HTTP    http://{server.http_url}\n  gRPC    {server.grpc_url}\n"
               f"  metrics {server.metrics_url}\n\ntry:\n  curl -N http://{server.http_url}/v2/models/{MODEL_NAME}/"
-              "generate_stream -d '{\"text_input\": \"What is the capital of France?\", \"max_tokens\": 64, "
-              "\"stream\": true}'\n  python -m client.generate \"What is the capital of France?\"\n", flush=True)
+              "generate_stream -d '{\"text_input\": \"The capital of France is\", \"max_tokens\": 32, "
+              "\"stream\": true}'\n  python -m client.generate \"The capital of France is\"\n", flush=True)
         return server.process.wait()
     except KeyboardInterrupt:
         return 130

@@ -23,7 +23,8 @@ def e2e_model_dir(tiny_model):
     return tiny_model(**E2E_MODEL)
 
 
-def _serve(model_dir, params, exit_timeout_s=10):
+def running_server(model_dir, params, exit_timeout_s=10):
+    """Generator for fixtures: a started TritonServer; prints its log tail when the fixture ends."""
     server = TritonServer(model_dir, params, exit_timeout_s=exit_timeout_s).start()
     yield server
     tail = server.log_tail(60)
@@ -33,7 +34,7 @@ def _serve(model_dir, params, exit_timeout_s=10):
 
 @pytest.fixture(scope="session")
 def server(e2e_model_dir):
-    yield from _serve(e2e_model_dir, SERVER_PARAMS)
+    yield from running_server(e2e_model_dir, SERVER_PARAMS)
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +42,7 @@ def full_server(e2e_model_dir):
     # tritonserver 2.51 never finishes unloading a decoupled model once it has rejected a request for
     # exceeding max_queue_size (reproduced with a 40-line Python model), so shutdown always runs into the
     # exit timeout: keep that short here.
-    yield from _serve(e2e_model_dir, FULL_SERVER_PARAMS, exit_timeout_s=3)
+    yield from running_server(e2e_model_dir, FULL_SERVER_PARAMS, exit_timeout_s=3)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,70 @@
+"""LLM metrics from perf_analyzer profile exports (--profile-export-file), one row per concurrency level.
+
+    python -m perf_analyzer_configs.summarize bench_out/sweep-.../c1.json bench_out/sweep-.../c2.json ...
+
+Definitions follow genai-perf: TTFT = first response - send; TPOT (genai-perf's "inter-token
+latency") = (last response - first response) / (output tokens - 1); output tokens come from the
+num_output_tokens output (the inputs set return_num_output_tokens). Throughputs span the first send
+to the last response of the level. The ratio column compares each level with the first one.
+"""
+import json
+import statistics
+import struct
+import sys
+from pathlib import Path
+
+
+def output_tokens(request: dict) -> int:
+    total = 0
+    for output in request["response_outputs"]:
+        raw = output.get("num_output_tokens")
+        if raw is None:
+            raise SystemExit("profile export lacks num_output_tokens: send return_num_output_tokens in the input data")
+        # perf_analyzer writes non-text outputs as their raw bytes; UINT32 is 4 little-endian bytes
+        total += struct.unpack("<I", raw.encode("latin-1"))[0] if isinstance(raw, str) else int(raw)
+    return total
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summarize(path: Path) -> dict:
+    experiment = json.loads(path.read_text())["experiments"][0]
+    requests = [r for r in experiment["requests"] if r["response_timestamps"]]
+    ttft = [(r["response_timestamps"][0] - r["timestamp"]) / 1e9 for r in requests]
+    e2e = [(r["response_timestamps"][-1] - r["timestamp"]) / 1e9 for r in requests]
+    tokens = [output_tokens(r) for r in requests]
+    tpot = [(r["response_timestamps"][-1] - r["response_timestamps"][0]) / 1e9 / (n - 1)
+            for r, n in zip(requests, tokens) if n > 1]
+    span = (max(r["response_timestamps"][-1] for r in requests) - min(r["timestamp"] for r in requests)) / 1e9
+    return {"concurrency": experiment["experiment"]["value"], "requests": len(requests),
+            "req_per_s": len(requests) / span, "tok_per_s": sum(tokens) / span,
+            "ttft_p50": percentile(ttft, 0.5), "ttft_p99": percentile(ttft, 0.99),
+            "tpot_mean": statistics.fmean(tpot) if tpot else float("nan"),
+            "e2e_p50": percentile(e2e, 0.5), "tokens_per_request": statistics.fmean(tokens)}
+
+
+def table(rows: list[dict]) -> str:
+    base = rows[0]["tok_per_s"]
+    lines = ["| concurrency | requests | out tokens/req | req/s | output tok/s | vs c=%d | TTFT p50 (s) | TTFT p99 (s) "
+             "| TPOT mean (ms) | e2e p50 (s) |" % rows[0]["concurrency"],
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['concurrency']} | {r['requests']} | {r['tokens_per_request']:.0f} | {r['req_per_s']:.2f} "
+                     f"| {r['tok_per_s']:.1f} | {r['tok_per_s'] / base:.2f}x | {r['ttft_p50']:.3f} | {r['ttft_p99']:.3f} "
+                     f"| {1000 * r['tpot_mean']:.1f} | {r['e2e_p50']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        raise SystemExit(__doc__)
+    rows = sorted((summarize(Path(p)) for p in argv), key=lambda r: r["concurrency"])
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
