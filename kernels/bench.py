@@ -35,7 +35,7 @@ MODELS = {
 }
 TOKENS, QUICK_TOKENS = (1, 8, 64, 512), (1, 64)
 OURS = ("int4", "int8", "bf16")
-GROUP_SIZE = 64
+GROUP_SIZE = 32
 
 
 class Probe:

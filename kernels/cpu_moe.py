@@ -56,7 +56,7 @@ class CpuExperts:
         self.nbytes = sum(t.numel() * t.element_size() for t in packed.values())
 
     @classmethod
-    def from_weights(cls, w13: torch.Tensor, w2: torch.Tensor, expert_dtype: str = "int8", group_size: int = 64,
+    def from_weights(cls, w13: torch.Tensor, w2: torch.Tensor, expert_dtype: str = "int8", group_size: int = 32,
                      kernel: str = "auto"):
         """Quantize and pack w13 [E, 2I, H], w2 [E, H, I]. kernel: 'auto', a variant name or 'torch'.
 

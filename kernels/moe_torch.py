@@ -27,7 +27,7 @@ class TorchExperts:
                           if isinstance(t, torch.Tensor))
 
     @classmethod
-    def from_weights(cls, w13: torch.Tensor, w2: torch.Tensor, expert_dtype: str = "int8", group_size: int = 64):
+    def from_weights(cls, w13: torch.Tensor, w2: torch.Tensor, expert_dtype: str = "int8", group_size: int = 32):
         from kernels.cpu_moe import check_expert_weights   # shared validation
         E, H, I = check_expert_weights(w13, w2)
         if expert_dtype == "int4" and group_size not in TORCH_INT4_GROUPS:
@@ -95,10 +95,11 @@ def _pack_int8(w: torch.Tensor, group_size: int) -> tuple:
 
 
 def _pack_int4(w: torch.Tensor, group_size: int) -> tuple:
-    q, scale = quantize.quantize_int4(w, group_size)                        # [N, Kp], [N, Kp/G]
+    q, scale, wmin = quantize.quantize_int4(w, group_size)                  # [N, Kp], [N, Kp/G] x2
     n = quantize.round_up(q.shape[0], 16)                                   # the op wants N % 16 == 0
-    u = F.pad(q.to(torch.int32) + 8, (0, 0, 0, n - q.shape[0]), value=8)    # [Np, Kp] in [0, 15]
+    u = F.pad(q.to(torch.int32), (0, 0, 0, n - q.shape[0]))                 # [Np, Kp] in [0, 15]
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(u, 1)
-    s = F.pad(scale, (0, 0, 0, n - q.shape[0])).t()                         # [Kp/G, Np]
-    scale_zeros = torch.stack([s, torch.zeros_like(s)], -1).contiguous()    # [Kp/G, Np, 2]: w = (u - 8) * s + 0
+    s = F.pad(scale.float(), (0, 0, 0, n - q.shape[0])).t()                 # [Kp/G, Np]
+    m = F.pad(wmin.float(), (0, 0, 0, n - q.shape[0])).t()                  # [Kp/G, Np]
+    scale_zeros = torch.stack([s, m + 8 * s], -1).to(torch.bfloat16).contiguous()   # the op: w = (u - 8) s + z
     return packed, scale_zeros, q.shape[1]

@@ -9,7 +9,7 @@ A file holds an ordered list of rules; each rule's `match` regex is searched in 
         device: cpu                                # cpu | cuda | cuda:N
         op: fused_cpu                              # fused_cpu (cpu) | triton (cuda) | torch
         expert_dtype: int4                         # experts only: fp32 | bf16 | int8 | int4
-        group_size: 64                             # int4 only
+        group_size: 32                             # int4 only (default 32)
         fallback: cpu                              # optional: device (or {device, op}) when `device` is missing
 
 Placement.load(None) gives the CPU-only default (kernels/placements/cpu.yaml).
@@ -41,7 +41,7 @@ class Rule:
     device: str
     op: str
     expert_dtype: str | None = None
-    group_size: int = 64
+    group_size: int = 32
     pattern: str = ".*"
     fallback_from: str | None = None   # the device the rule asked for, when the fallback was used
 
@@ -110,7 +110,7 @@ class Placement:
         expert_dtype = raw.get("expert_dtype")
         if expert_dtype is not None and expert_dtype not in EXPERT_DTYPES:
             raise err(f"key 'expert_dtype': must be one of {EXPERT_DTYPES}, got {expert_dtype!r}")
-        group_size = raw.get("group_size", 64)
+        group_size = raw.get("group_size", 32)
         try:
             check_group_size(group_size)
         except ValueError as e:

@@ -35,7 +35,30 @@ TEXT = (
     "times, the cache makes it fast; when it streams through a large array once, the speed is set by the memory "
     "bandwidth. Question: what is the capital of France? Answer: the capital of France is Paris. Question: how "
     "many days are there in a week? Answer: there are seven days in a week. To make a cup of tea, boil fresh "
-    "water, warm the pot, add one spoon of leaves for each person, pour the water, and wait four minutes."
+    "water, warm the pot, add one spoon of leaves for each person, pour the water, and wait four minutes. "
+    "The library on Elm Street keeps its oldest maps in a cool room without windows. Visitors sign a book at the "
+    "door, wash their hands, and turn the pages with a thin wooden stick. One map shows the river before the dam "
+    "was built, when the valley flooded every spring and the farmers planted rice instead of wheat. Another shows "
+    "a road that was never finished; it stops in the middle of a forest, next to a stone marked with a date. "
+    "Learning a language takes patience. At first every sentence is a puzzle: you look up each word, guess the "
+    "grammar, and still miss the meaning. After a few months the common words become automatic and you start to "
+    "notice the rhythm of the speech. Reading simple stories helps, and so does talking with people who are kind "
+    "enough to repeat themselves. Mistakes are part of the process, not a sign of failure. "
+    "To sort a list of numbers, a simple method compares each pair of neighbours and swaps them when they are in "
+    "the wrong order, repeating until nothing changes. It is easy to write but slow for long lists. Faster methods "
+    "split the list into halves, sort each half, and merge the results, or pick a pivot and move smaller values to "
+    "its left and larger values to its right. Most programming languages provide a sort function that does this "
+    "well, so you rarely need to write your own. "
+    "The spring festival begins with a parade. Musicians walk in front, followed by dancers in red and gold, and "
+    "at the end comes a dragon made of paper and cloth, carried by twenty people who make it twist and jump. "
+    "Families buy sweets from the stalls along the square, and in the evening lanterns are lit and sent floating "
+    "down the canal. Old friends meet, young couples walk slowly, and the celebration goes on past midnight. "
+    "Question: which planet is closest to the sun? Answer: Mercury is the closest planet to the sun. Question: "
+    "what do plants need to grow? Answer: plants need light, water, air and nutrients from the soil. Question: "
+    "why is the sky blue? Answer: air scatters blue light from the sun more than red light, so the sky looks blue. "
+    "A good recipe for bread needs only flour, water, salt and yeast. Mix them, knead the dough for ten minutes, "
+    "and let it rise in a warm place until it has doubled in size. Shape the loaf, let it rise again, and bake it "
+    "in a hot oven until the crust is brown and the bottom sounds hollow when you tap it."
 )
 
 
@@ -128,8 +151,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="HF MoE checkpoint folder (default: %(default)s)")
     p.add_argument("--dtypes", default="bf16,int8,int4", help="comma-separated expert dtypes to compare")
-    p.add_argument("--group-size", type=int, default=64, help="int4 group size")
-    p.add_argument("--tokens", type=int, default=512, help="at most this many tokens of the text")
+    p.add_argument("--group-size", type=int, default=32, help="int4 group size")
+    p.add_argument("--tokens", type=int, default=1024, help="at most this many tokens of the text")
     p.add_argument("--kernel", default="auto", help="CpuExperts kernel: auto, a variant name or torch")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--check", action="store_true", help="exit 1 when a dtype misses its target")

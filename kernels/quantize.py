@@ -2,8 +2,9 @@
 
 Legend: N output rows, K reduction length, G int4 group size, NB = Np / 16 row blocks.
 - int8: symmetric per output channel: q int8 [N, K] in [-127, 127], scale fp32 [N]; w ~ q * scale.
-- int4: symmetric per group of G along K: q int8 [N, Kp] in [-8, 7] (K zero-padded to a multiple of
-  G), scale bf16 [N, Kp / G]; w ~ q * scale. The scale is amax / 7.5, so +-amax land on -8 / 7.
+- int4: asymmetric per group of G along K (GGUF Q4_1 style): q uint8 [N, Kp] in [0, 15] (K zero-padded
+  to a multiple of G), scale and min bf16 [N, Kp / G]; w ~ q * scale + min, with min = the group's
+  minimum and scale = (max - min) / 15. Never a coarser step than symmetric int4 (-amax..amax).
 - bf16 / fp32: the weight rounded to that dtype.
 Packing pads rows to Np and K to Kp with zeros and reorders into 16-row blocks (see pack_*).
 """
@@ -33,23 +34,25 @@ def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale[..., None]
 
 
-def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """w [..., N, K] -> q int8 [..., N, Kp] in [-8, 7], scale bf16 [..., N, Kp / G]; Kp = K rounded up to G."""
+def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """w [..., N, K] -> q uint8 [..., N, Kp] in [0, 15], scale, min bf16 [..., N, Kp / G]; Kp = K rounded up to G."""
     check_group_size(group_size)
     K = w.shape[-1]
     Kp = math.ceil(K / group_size) * group_size
     w = F.pad(w.float(), (0, Kp - K))                                # [..., N, Kp]
     wg = w.unflatten(-1, (Kp // group_size, group_size))             # [..., N, Kp/G, G]
-    scale = (wg.abs().amax(-1) / 7.5).to(torch.bfloat16)             # [..., N, Kp/G]
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.round(wg / scale.float()[..., None]).clamp_(-8, 7).to(torch.int8)
-    return q.flatten(-2), scale
+    lo, hi = wg.amin(-1), wg.amax(-1)                                # [..., N, Kp/G]
+    wmin = lo.to(torch.bfloat16)
+    scale = ((hi - wmin.float()) / 15).to(torch.bfloat16)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))   # a constant group: q = 0, w = min
+    q = torch.round((wg - wmin.float()[..., None]) / scale.float()[..., None]).clamp_(0, 15).to(torch.uint8)
+    return q.flatten(-2), scale, wmin
 
 
-def dequantize_int4(q: torch.Tensor, scale: torch.Tensor, k: int | None = None) -> torch.Tensor:
-    """q [..., N, Kp], scale [..., N, Kp/G] -> fp32 [..., N, k] (k defaults to Kp)."""
+def dequantize_int4(q: torch.Tensor, scale: torch.Tensor, wmin: torch.Tensor, k: int | None = None) -> torch.Tensor:
+    """q [..., N, Kp], scale, min [..., N, Kp/G] -> fp32 [..., N, k] (k defaults to Kp)."""
     groups = scale.shape[-1]
-    w = q.float().unflatten(-1, (groups, q.shape[-1] // groups)) * scale.float()[..., None]
+    w = q.float().unflatten(-1, (groups, q.shape[-1] // groups)) * scale.float()[..., None] + wmin.float()[..., None]
     return w.flatten(-2)[..., :k]
 
 
@@ -80,12 +83,12 @@ def pack_matrix(w: torch.Tensor, expert_dtype: str, rows: int, kp: int, group_si
         q = _pad2(q8, rows, kp).view(NB, 16, kp // 2, 2).permute(0, 2, 1, 3)               # [NB, Kp/2, 16, 2]
         return {"q": q.contiguous(), "scale": F.pad(scale, (0, rows - scale.shape[0]))}
     if expert_dtype == "int4":
-        q4, scale = quantize_int4(w, group_size)                                           # [N, Kp'], [N, Kp'/G]
-        u = (_pad2(q4, rows, kp) + 8).to(torch.uint8)                                      # [rows, Kp] in [0, 15]
-        u = u.view(NB, 16, kp // 8, 2, 4).permute(0, 2, 3, 1, 4)                           # [NB, Kp/8, 2, 16, 4]
+        q4, scale, wmin = quantize_int4(w, group_size)                                     # [N, Kp'], [N, Kp'/G] x2
+        u = _pad2(q4, rows, kp).view(NB, 16, kp // 8, 2, 4).permute(0, 2, 3, 1, 4)         # [NB, Kp/8, 2, 16, 4]
         q = u[:, :, 0] | (u[:, :, 1] << 4)                                                 # [NB, Kp/8, 16, 4]
-        s = _pad2(scale, rows, kp // group_size).view(NB, 16, -1).permute(0, 2, 1)         # [NB, Kp/G, 16]
-        return {"q": q.contiguous(), "scale": s.contiguous()}
+        sm = torch.stack([_pad2(scale, rows, kp // group_size), _pad2(wmin, rows, kp // group_size)])  # [2, rows, Kp/G]
+        sm = sm.view(2, NB, 16, -1).permute(1, 3, 0, 2)                                    # [NB, Kp/G, 2, 16]
+        return {"q": q.contiguous(), "scale": sm.contiguous()}
     raise ValueError(f"expert_dtype must be one of {EXPERT_DTYPES}, got {expert_dtype!r}")
 
 

@@ -136,8 +136,8 @@ def test_reports_what_runs():
     w13, w2 = make_weights(4, 64, 32)
     experts = CpuExperts.from_weights(w13, w2, "int4", group_size=32)
     assert experts.expert_dtype == "int4" and experts.kernel_name.startswith("fused_cpu/" + KERNELS[0])
-    # int4: 0.5 byte per weight (rows and K padded) + one bf16 scale per group of 32
-    assert experts.nbytes == 4 * (64 * 64 + 64 * 32) // 2 + 4 * (64 * 64 + 64 * 32) // 32 * 2
+    # int4: 0.5 byte per weight (rows and K padded) + a bf16 scale and a bf16 min per group of 32
+    assert experts.nbytes == 4 * (64 * 64 + 64 * 32) // 2 + 4 * (64 * 64 + 64 * 32) // 32 * 4
     assert "avx" in cpu_moe.describe_cpu() or "generic" in cpu_moe.describe_cpu()
 
 

@@ -71,7 +71,7 @@ struct Matrix {          // one projection of every expert, packed
     if (wt == WeightType::int8) {
       wb.scale = reinterpret_cast<const float*>(scale) + e * rows + b * kRows;
     } else if (wt == WeightType::int4) {
-      wb.scale = reinterpret_cast<const uint16_t*>(scale) + (e * blocks() + b) * (kp / group) * kRows;
+      wb.scale = reinterpret_cast<const uint16_t*>(scale) + (e * blocks() + b) * (kp / group) * 2 * kRows;
     }
     return wb;
   }

@@ -5,8 +5,8 @@
 // Packed weight blocks (16 output rows each; see kernels/quantize.py, which writes them):
 //   fp32 [Kp][16]            bf16 [Kp/2][16][2]  (a pair of k per 32-bit lane)
 //   int8 [Kp/2][16][2] s8    + scale fp32 [16]
-//   int4 [Kp/8][16][4] u8: low nibble = q[k] + 8, high nibble = q[k + 4] + 8 (k = 8j .. 8j+3)
-//                            + scale bf16 [Kp/G][16]
+//   int4 [Kp/8][16][4] u8: low nibble = q[k], high nibble = q[k + 4] (k = 8j .. 8j+3), q in [0, 15]
+//                            + scale and min bf16 [Kp/G][2][16]: w = q * scale + min
 // Activation rows (written by quantize_rows in cpu_moe.cpp):
 //   fp32 [Kp]; bf16 [Kp]; int8 path s16 [Kp] = round(a / scale), one scale (amax / 32767) per row;
 //   int4 path s8 [Kp] = round(a / scale_g), one scale (amax / 127) and one sum of q per group of G.
@@ -27,7 +27,7 @@ constexpr int kFlushK = 256;  // int8: 256 * 127 * 32767 < 2^31, so int32 sums o
 
 struct WeightBlock {        // one packed block of 16 rows
   const void* q;
-  const void* scale;        // int8: fp32 [16]; int4: bf16 [Kp/G][16]; else unused
+  const void* scale;        // int8: fp32 [16]; int4: bf16 [Kp/G][2][16] (scale, min); else unused
 };
 
 struct ActRow {             // one activation row

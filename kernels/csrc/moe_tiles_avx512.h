@@ -112,7 +112,7 @@ template <int TM>
 inline void tile_int4(const WeightBlock* wb, const ActRow* a, int64_t Kp, int G, float* out) {
   const uint8_t* w0 = static_cast<const uint8_t*>(wb[0].q);   // [Kp/8][16][4], two nibbles per byte
   const uint8_t* w1 = static_cast<const uint8_t*>(wb[1].q);
-  const uint16_t* s0 = static_cast<const uint16_t*>(wb[0].scale);   // [Kp/G][16] bf16
+  const uint16_t* s0 = static_cast<const uint16_t*>(wb[0].scale);   // [Kp/G][2][16] bf16: scale, min
   const uint16_t* s1 = static_cast<const uint16_t*>(wb[1].scale);
   const __m512i nibble = _mm512_set1_epi8(0x0F);
   __m512 acc[TM][kRB];
@@ -133,12 +133,12 @@ inline void tile_int4(const WeightBlock* wb, const ActRow* a, int64_t Kp, int G,
         gacc[t][1] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(gacc[t][1], lo1, alo), hi1, ahi);
       }
     }
-    const __m512 ws0 = bf16x16_to_fp32(s0 + g * kRows), ws1 = bf16x16_to_fp32(s1 + g * kRows);
-    for (int t = 0; t < TM; t++) {
-      const __m512i zero = _mm512_set1_epi32(8 * a[t].qsum[g]);   // the nibbles carry q + 8
-      const __m512 as = _mm512_set1_ps(a[t].scale[g]);
-      acc[t][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(gacc[t][0], zero)), _mm512_mul_ps(ws0, as), acc[t][0]);
-      acc[t][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(gacc[t][1], zero)), _mm512_mul_ps(ws1, as), acc[t][1]);
+    const __m512 ws0 = bf16x16_to_fp32(s0 + g * 2 * kRows), wm0 = bf16x16_to_fp32(s0 + g * 2 * kRows + kRows);
+    const __m512 ws1 = bf16x16_to_fp32(s1 + g * 2 * kRows), wm1 = bf16x16_to_fp32(s1 + g * 2 * kRows + kRows);
+    for (int t = 0; t < TM; t++) {   // sum (q s + m) a = s sum(q a) + m sum(a)
+      const __m512 as = _mm512_set1_ps(a[t].scale[g]), asum = _mm512_set1_ps(a[t].scale[g] * float(a[t].qsum[g]));
+      acc[t][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(gacc[t][0]), _mm512_mul_ps(ws0, as), _mm512_fmadd_ps(wm0, asum, acc[t][0]));
+      acc[t][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(gacc[t][1]), _mm512_mul_ps(ws1, as), _mm512_fmadd_ps(wm1, asum, acc[t][1]));
     }
   }
   store_tile<TM>(acc, out);

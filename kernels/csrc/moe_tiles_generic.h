@@ -65,7 +65,7 @@ template <int TM>
 inline void tile_int4(const WeightBlock* wb, const ActRow* a, int64_t Kp, int G, float* out) {
   for (int rb = 0; rb < kRB; rb++) {
     const uint8_t* w = static_cast<const uint8_t*>(wb[rb].q);           // [Kp/8][16][4]
-    const uint16_t* ws = static_cast<const uint16_t*>(wb[rb].scale);    // [Kp/G][16] bf16
+    const uint16_t* ws = static_cast<const uint16_t*>(wb[rb].scale);    // [Kp/G][2][16] bf16: scale, min
     float acc[TM][kRows] = {};
     for (int64_t g = 0; g < Kp / G; g++) {
       int32_t gacc[TM][kRows] = {};
@@ -79,11 +79,11 @@ inline void tile_int4(const WeightBlock* wb, const ActRow* a, int64_t Kp, int G,
             gacc[t][r] += s;
           }
         }
-      for (int t = 0; t < TM; t++) {
-        const float as = a[t].scale[g];
-        const int32_t zero = 8 * a[t].qsum[g];   // the nibbles carry q + 8
+      for (int t = 0; t < TM; t++) {   // sum (q s + m) a = s sum(q a) + m sum(a)
+        const float as = a[t].scale[g], asum = as * float(a[t].qsum[g]);
         for (int r = 0; r < kRows; r++)
-          acc[t][r] += float(gacc[t][r] - zero) * (bf16_to_float(ws[g * kRows + r]) * as);
+          acc[t][r] += float(gacc[t][r]) * (bf16_to_float(ws[g * 2 * kRows + r]) * as) +
+                       bf16_to_float(ws[g * 2 * kRows + kRows + r]) * asum;
       }
     }
     for (int t = 0; t < TM; t++)
