@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="engine setting (config.pbtxt parameters key, e.g. max_tokens_in_paged_kv_cache=4096) "
                              f"or one of {', '.join(TRITON_FIELDS)}; repeatable")
+    parser.add_argument("--exit-timeout", type=int, default=30, metavar="SECONDS",
+                        help="on Ctrl-C/SIGTERM, how long tritonserver lets running requests finish (default 30)")
     parser.add_argument("--log-verbose", type=int, default=0)
     args = parser.parse_args(argv)
     if args.model:
@@ -209,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         from backend.default_model import ensure_default_model
         model_dir = ensure_default_model()
     server = TritonServer(model_dir, parse_params(args.param), args.http_port, args.grpc_port, args.metrics_port,
-                          host=args.host, log_file=Path("/dev/stdout"), log_verbose=args.log_verbose)
+                          host=args.host, log_file=Path("/dev/stdout"), exit_timeout_s=args.exit_timeout,
+                          log_verbose=args.log_verbose)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # SystemExit unwinds into server.stop()
     try:
         server.start()

@@ -23,9 +23,14 @@ def e2e_model_dir(tiny_model):
     return tiny_model(**E2E_MODEL)
 
 
-def running_server(model_dir, params, exit_timeout_s=10):
-    """Generator for fixtures: a started TritonServer; prints its log tail when the fixture ends."""
-    server = TritonServer(model_dir, params, exit_timeout_s=exit_timeout_s).start()
+def running_server(model_dir, params):
+    """Generator for fixtures: a started TritonServer; prints its log tail when the fixture ends.
+
+    tritonserver 2.51 never finishes unloading a decoupled Python model once the server itself has
+    rejected a request to it (queue full, wrong dtype or shape, unknown input; reproduced with a
+    40-line model), so such a server always stops by its exit timeout: keep that short in tests.
+    """
+    server = TritonServer(model_dir, params, exit_timeout_s=3).start()
     yield server
     tail = server.log_tail(60)
     server.stop()
@@ -39,10 +44,7 @@ def server(e2e_model_dir):
 
 @pytest.fixture(scope="session")
 def full_server(e2e_model_dir):
-    # tritonserver 2.51 never finishes unloading a decoupled model once it has rejected a request for
-    # exceeding max_queue_size (reproduced with a 40-line Python model), so shutdown always runs into the
-    # exit timeout: keep that short here.
-    yield from running_server(e2e_model_dir, FULL_SERVER_PARAMS, exit_timeout_s=3)
+    yield from running_server(e2e_model_dir, FULL_SERVER_PARAMS)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from backend.default_model import ensure_default_model
-from tests.e2e.conftest import _serve
+from tests.e2e.conftest import running_server
 
 ROOT = Path(__file__).resolve().parents[2]
 QUESTION = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
