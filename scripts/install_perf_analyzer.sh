@@ -9,7 +9,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+PYTHON="${PYTHON:-${VENV:-$ROOT/.venv}/bin/python}"   # scripts/setup.sh passes VENV
 TRITONCLIENT_VERSION="2.48.0"
 CUDART_VERSION="12.4.127"
 TARGET="$ROOT/.tools/perf_analyzer"

@@ -6,7 +6,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+PYTHON="${PYTHON:-${VENV:-$ROOT/.venv}/bin/python}"   # scripts/setup.sh passes VENV
 PYTRITON_VERSION="0.7.0"
 TOOLS="$ROOT/.tools"
 TARGET="$TOOLS/pytriton"
