@@ -49,6 +49,6 @@ for c in $CONCURRENCY; do
     || { echo "sweep: perf_analyzer failed at concurrency $c:" >&2; tail -20 "$OUT/c$c.log" >&2; exit 1; }
 done
 
-PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+PYTHON="${PYTHON:-${VENV:-$ROOT/.venv}/bin/python}"
 (cd "$ROOT" && "$PYTHON" -m perf_analyzer_configs.summarize "$OUT"/c*.json) | tee "$OUT/summary.md"
 echo "sweep: results in $OUT" >&2

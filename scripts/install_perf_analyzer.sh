@@ -16,7 +16,7 @@ TARGET="$ROOT/.tools/perf_analyzer"
 BIN="$TARGET/bin/perf_analyzer"
 STAMP="$TARGET/.installed-tritonclient-$TRITONCLIENT_VERSION-cudart-$CUDART_VERSION"
 
-if ! ldconfig -p | grep -q 'libb64\.so\.0d'; then
+if ! dpkg-query -W -f='${Status}' libb64-0d 2>/dev/null | grep -q "install ok installed"; then
   echo "install_perf_analyzer: installing libb64-0d (apt)"
   export DEBIAN_FRONTEND=noninteractive
   SUDO=""; [[ "$(id -u)" != 0 ]] && SUDO="sudo -n"
