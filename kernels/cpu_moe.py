@@ -7,6 +7,7 @@ The semantics are kernels/moe_reference.py with the weights quantized as kernels
 activations are rounded on the way in as quantize.fake_quantize_activation says (bf16 for bf16 weights,
 16-bit integers per row for int8 weights, 8-bit integers per group for int4 weights).
 """
+import functools
 import logging
 import math
 
@@ -21,6 +22,7 @@ WEIGHT_TYPE = {"fp32": 0, "bf16": 1, "int8": 2, "int4": 3}
 MAX_TOKENS_PER_CALL = 1024   # bounds the per-call activation buffers (about T * K * I * 6 bytes)
 
 
+@functools.cache   # once per process: a failed build is not retried for every layer
 def best_variant() -> str | None:
     """The fastest variant that is built or builds here; None when none does (no compiler)."""
     for v in supported_variants():

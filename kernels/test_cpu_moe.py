@@ -189,7 +189,11 @@ def test_falls_back_to_torch_when_nothing_builds(monkeypatch, caplog):
     def no_build(name, *args):
         raise build.BuildError(f"CPU MoE kernel {name} is not built")
     monkeypatch.setattr(build, "load_variant", no_build)
-    w13, w2 = make_weights(4, 64, 32)
-    experts = CpuExperts.from_weights(w13, w2, "int8")
-    assert experts.kernel_name.startswith("torch/") and "no fused CPU MoE kernel" in caplog.text
-    assert "torch (no extension)" in cpu_moe.describe_cpu()
+    cpu_moe.best_variant.cache_clear()
+    try:
+        w13, w2 = make_weights(4, 64, 32)
+        experts = CpuExperts.from_weights(w13, w2, "int8")
+        assert experts.kernel_name.startswith("torch/") and "no fused CPU MoE kernel" in caplog.text
+        assert "torch (no extension)" in cpu_moe.describe_cpu()
+    finally:
+        cpu_moe.best_variant.cache_clear()
