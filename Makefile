@@ -26,7 +26,7 @@ setup:
 	scripts/setup.sh
 
 serve: setup
-	$(PYTHON) -m backend.serve $(if $(MODEL_DIR),--model "$(MODEL_DIR)") $(SERVE_ARGS)
+	$(PYTHON) -m backend.serve --with-gateway $(if $(MODEL_DIR),--model "$(MODEL_DIR)") $(SERVE_ARGS)
 
 test: setup
 	@status=0; $(PYTHON) -m pytest -q $(PYTEST_ARGS) || status=$$?; \

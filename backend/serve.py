@@ -191,6 +191,23 @@ def parse_params(items: list[str]) -> dict[str, str]:
     return params
 
 
+def start_gateway(server: TritonServer, model_dir: Path, host: str) -> subprocess.Popen:
+    """`python -m openai_gateway` in front of the server: the OpenAI API on GATEWAY_PORT (default 9000)."""
+    env = {**server_env(), "GATEWAY_HOST": host, "TRITON_GRPC_URL": server.grpc_url, "TRITON_MODEL": MODEL_NAME,
+           "TOKENIZER_DIR": str(Path(model_dir).resolve())}
+    env.setdefault("GATEWAY_PORT", "9000")   # OPENAI_API_KEY passes through from the environment
+    return subprocess.Popen([sys.executable, "-m", "openai_gateway"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
+
+
+def stop_gateway(gateway: subprocess.Popen) -> None:
+    gateway.terminate()                      # uvicorn stops accepting and lets open streams end
+    try:
+        gateway.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        gateway.kill()
+        gateway.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m backend.serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="model folder (default: the embedded default model, built on first use)")
@@ -204,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exit-timeout", type=int, default=30, metavar="SECONDS",
                         help="on Ctrl-C/SIGTERM, how long tritonserver lets running requests finish (default 30)")
     parser.add_argument("--log-verbose", type=int, default=0)
+    parser.add_argument("--with-gateway", action="store_true",
+                        help="also serve the OpenAI API (python -m openai_gateway) on GATEWAY_PORT (default 9000); "
+                             "OPENAI_API_KEY, if set, is required as a Bearer token")
     args = parser.parse_args(argv)
     if args.model:
         model_dir = Path(args.model)
@@ -214,16 +234,27 @@ def main(argv: list[str] | None = None) -> int:
                           host=args.host, log_file=Path("/dev/stdout"), exit_timeout_s=args.exit_timeout,
                           log_verbose=args.log_verbose)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # SystemExit unwinds into server.stop()
+    gateway = None
     try:
         server.start()
+        if args.with_gateway:
+            gateway = start_gateway(server, model_dir, args.host)
         print(f"\nmoe_llm is ready ({model_dir})\n  HTTP    http://{server.http_url}\n  gRPC    {server.grpc_url}\n"
               f"  metrics {server.metrics_url}\n\ntry:\n  curl -N http://{server.http_url}/v2/models/{MODEL_NAME}/"
               "generate_stream -d '{\"text_input\": \"The capital of France is\", \"max_tokens\": 32, "
               "\"stream\": true}'\n  python -m client.generate \"The capital of France is\"\n", flush=True)
+        if gateway is not None:
+            port = os.environ.get("GATEWAY_PORT", "9000")
+            print(f"  OpenAI  http://{server.local_host}:{port}/v1  (model id: {Path(model_dir).name})\n"
+                  f"  curl http://{server.local_host}:{port}/v1/chat/completions -H 'Content-Type: application/json' "
+                  f"-d '{{\"model\": \"{Path(model_dir).name}\", \"messages\": [{{\"role\": \"user\", "
+                  f"\"content\": \"What is the capital of France?\"}}]}}'\n", flush=True)
         return server.process.wait()
     except KeyboardInterrupt:
         return 130
     finally:
+        if gateway is not None:
+            stop_gateway(gateway)            # before Triton, so no request is cut by the unload
         server.stop()
 
 
