@@ -90,6 +90,8 @@ run_tool_installers() {
 setup_venv
 export VENV
 run_tool_installers
+log "fused CPU MoE kernel (built once per CPU, cached in .cache/torch_extensions)"
+"$VENV/bin/python" -m kernels.build
 log "default model (built once, cached)"
 "$VENV/bin/python" -m backend.default_model
 log "done in ${SECONDS}s"
