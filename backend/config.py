@@ -2,12 +2,11 @@
 
 Names follow TRT-LLM's Triton `parameters` keys where one exists, vLLM's otherwise.
 """
-import dataclasses
 import types
 import typing
 from dataclasses import dataclass, fields
 
-from backend.errors import ConfigError
+from backend.errors import ConfigError, require
 
 BATCH_SCHEDULER_POLICIES = ("guaranteed_no_evict", "max_utilization")
 BATCHING_STRATEGIES = ("inflight_batching", "inflight_fused_batching", "V1")
@@ -42,8 +41,7 @@ class EngineConfig:
 
     def validate(self) -> None:
         def check(ok: bool, name: str, msg: str):
-            if not ok:
-                raise ConfigError(name, msg)
+            require(ok, name, msg, ConfigError)
 
         check(self.max_tokens_in_paged_kv_cache is None or self.max_tokens_in_paged_kv_cache > 0,
               "max_tokens_in_paged_kv_cache", f"must be > 0, got {self.max_tokens_in_paged_kv_cache}")
@@ -83,11 +81,11 @@ class EngineConfig:
                 raise ConfigError(key, f"unknown setting; known settings: {', '.join(sorted(known))}")
             if isinstance(raw, str) and (raw.strip() == "" or raw.strip().startswith("${")):
                 continue
-            kwargs[name] = _convert(name, raw, known[name].type)
+            kwargs[name] = _convert(name, raw)
         return cls(**kwargs)
 
 
-def _convert(name: str, raw, annotation):
+def _convert(name: str, raw):
     hint = typing.get_type_hints(EngineConfig)[name]
     base = [t for t in typing.get_args(hint) if t is not type(None)][0] if isinstance(hint, types.UnionType) else hint
     if raw is None or not isinstance(raw, str):
@@ -103,7 +101,3 @@ def _convert(name: str, raw, annotation):
         return base(text)
     except ValueError:
         raise ConfigError(name, f"expected {base.__name__}, got {raw!r}") from None
-
-
-def replace(config: EngineConfig, **changes) -> EngineConfig:
-    return dataclasses.replace(config, **changes)

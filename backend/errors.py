@@ -12,3 +12,9 @@ class InvalidRequest(ValueError):
 
 class ConfigError(InvalidRequest):
     """An engine setting is unknown or out of range."""
+
+
+def require(ok: bool, field: str, message: str, error: type = InvalidRequest) -> None:
+    """Raise `error(field, message)` unless `ok`: the one way settings and requests are checked."""
+    if not ok:
+        raise error(field, message)

@@ -1,5 +1,5 @@
 """What the engine hands back: per-step request outputs, finished results, engine stats."""
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(slots=True)
@@ -47,7 +47,6 @@ class EngineStats:
     generation_tokens_total: int = 0
     prefix_cache_queries: int = 0  # tokens looked up in the prefix cache
     prefix_cache_hits: int = 0     # tokens found there
-    extra: dict = field(default_factory=dict)
 
     @property
     def kv_fraction(self) -> float:

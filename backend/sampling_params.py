@@ -1,7 +1,7 @@
 """Per-request sampling settings (vLLM names; TRT-LLM tensor names map onto them)."""
 from dataclasses import dataclass, field
 
-from backend.errors import InvalidRequest
+from backend.errors import require
 
 
 @dataclass
@@ -26,22 +26,18 @@ class SamplingParams:
         self.validate()
 
     def validate(self) -> None:
-        def check(ok: bool, name: str, msg: str):
-            if not ok:
-                raise InvalidRequest(name, msg)
-
-        check(isinstance(self.max_tokens, int) and self.max_tokens >= 1, "max_tokens", f"must be an integer >= 1, got {self.max_tokens!r}")
-        check(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
-        check(isinstance(self.top_k, int) and self.top_k >= 0, "top_k", f"must be an integer >= 0, got {self.top_k!r}")
-        check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
-        check(self.repetition_penalty > 0, "repetition_penalty", f"must be > 0, got {self.repetition_penalty}")
-        check(-2 <= self.presence_penalty <= 2, "presence_penalty", f"must be in [-2, 2], got {self.presence_penalty}")
-        check(-2 <= self.frequency_penalty <= 2, "frequency_penalty", f"must be in [-2, 2], got {self.frequency_penalty}")
-        check(isinstance(self.min_tokens, int) and self.min_tokens >= 0, "min_tokens", f"must be an integer >= 0, got {self.min_tokens!r}")
-        check(self.min_tokens <= self.max_tokens, "min_tokens", f"({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
-        check(self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed < 2**64), "seed", f"must be an integer in [0, 2^64), got {self.seed!r}")
-        check(all(isinstance(s, str) and s for s in self.stop), "stop", "must be a list of non-empty strings")
-        check(all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids), "stop_token_ids", "must be a list of token ids >= 0")
+        require(isinstance(self.max_tokens, int) and self.max_tokens >= 1, "max_tokens", f"must be an integer >= 1, got {self.max_tokens!r}")
+        require(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
+        require(isinstance(self.top_k, int) and self.top_k >= 0, "top_k", f"must be an integer >= 0, got {self.top_k!r}")
+        require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        require(self.repetition_penalty > 0, "repetition_penalty", f"must be > 0, got {self.repetition_penalty}")
+        require(-2 <= self.presence_penalty <= 2, "presence_penalty", f"must be in [-2, 2], got {self.presence_penalty}")
+        require(-2 <= self.frequency_penalty <= 2, "frequency_penalty", f"must be in [-2, 2], got {self.frequency_penalty}")
+        require(isinstance(self.min_tokens, int) and self.min_tokens >= 0, "min_tokens", f"must be an integer >= 0, got {self.min_tokens!r}")
+        require(self.min_tokens <= self.max_tokens, "min_tokens", f"({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
+        require(self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed < 2**64), "seed", f"must be an integer in [0, 2^64), got {self.seed!r}")
+        require(all(isinstance(s, str) and s for s in self.stop), "stop", "must be a list of non-empty strings")
+        require(all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids), "stop_token_ids", "must be a list of token ids >= 0")
 
     @property
     def greedy(self) -> bool:
