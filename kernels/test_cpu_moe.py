@@ -70,8 +70,6 @@ CASES = {   # name: (T, E, K, H, I, G)
 @pytest.mark.parametrize("case", list(CASES))
 def test_matches_reference(kernel, expert_dtype, case):
     T, E, K, H, I, G = CASES[case]
-    if kernel == "torch" and expert_dtype == "int4" and H % 32:
-        pytest.skip("torch's int4 op needs whole groups of 32")   # covered by the fused kernels
     w13, w2 = make_weights(E, H, I)
     x = torch.randn(T, H, generator=torch.Generator().manual_seed(1))
     ids, weights = make_routing(T, E, K)
