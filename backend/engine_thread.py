@@ -22,6 +22,7 @@ class EngineThread:
         self.engine = engine
         self._cv = threading.Condition()
         self._adds: deque = deque()        # (sequence, callback) waiting to enter the engine
+        self._unscheduled: list = []       # submitted since the last step's schedule() (superset of _adds)
         self._aborts: deque[str] = deque()
         self._callbacks: dict[str, OutputCallback] = {}
         self._stats = engine.stats()
@@ -44,6 +45,7 @@ class EngineThread:
                 raise InvalidRequest("request_id", f"{request_id!r} is already running")
             self._callbacks[request_id] = on_output
             self._adds.append(seq)
+            self._unscheduled.append(seq)
             self._cv.notify_all()
 
     def abort(self, request_id: str) -> None:
@@ -52,10 +54,31 @@ class EngineThread:
             self._cv.notify_all()
 
     def wait_for_capacity(self, timeout: float | None = None) -> bool:
-        """Block until every submitted request has been scheduled at least once (or stop/timeout)."""
+        """Block while the engine is full (until stop or timeout); True when it can take more.
+
+        Full: the last step left requests waiting, or the requests submitted since then would not fit
+        in the batch slots and KV blocks that step left free (a conservative guess, no prefix-cache
+        hits counted; the next step decides). Returning at once when they fit matters to Triton: its
+        dynamic batcher re-checks a busy model instance only every 500 ms. With V1 (static batching)
+        full means max_batch_size requests wait, so the next batch forms from all that arrive while
+        the current one runs to completion."""
         with self._cv:
-            return self._cv.wait_for(
-                lambda: self._stopping or (not self._adds and self.engine.num_waiting == 0), timeout)
+            return self._cv.wait_for(lambda: self._stopping or not self._full(), timeout)
+
+    def _full(self) -> bool:
+        config, stats, new = self.engine.config, self._stats, self._unscheduled
+        if not config.inflight:
+            return stats.waiting + len(new) >= config.max_batch_size
+        if stats.waiting:
+            return True
+        if not new:
+            return False
+        if stats.active - stats.waiting + len(new) > config.max_batch_size:
+            return True
+        blocks_for = self.engine.block_manager.blocks_for
+        no_evict = self.engine.scheduler.no_evict
+        need = sum(blocks_for(seq.max_total_tokens if no_evict else seq.num_tokens + 1) for seq in new)
+        return need > stats.kv_blocks_free
 
     def stats(self) -> EngineStats:
         with self._cv:
@@ -86,6 +109,7 @@ class EngineThread:
             outputs = self.engine.step()
             with self._cv:
                 self._stats = self.engine.stats()
+                self._unscheduled = list(self._adds)
                 self._stalled = not outputs and self._stats.scheduled == 0
                 callbacks = [(self._callbacks.get(o.request_id), o) for o in outputs]
                 for o in outputs:
@@ -106,6 +130,7 @@ class EngineThread:
         with self._cv:
             pending = list(self._adds)
             self._adds.clear()
+            self._unscheduled.clear()
             callbacks = dict(self._callbacks)
             self._callbacks.clear()
             self._cv.notify_all()

@@ -3,7 +3,8 @@
     python -m perf_analyzer_configs.summarize bench_out/sweep-.../c1.json bench_out/sweep-.../c2.json ...
 
 Definitions follow genai-perf: TTFT = first response - send; TPOT (genai-perf's "inter-token
-latency") = (last response - first response) / (output tokens - 1); output tokens come from the
+latency") = (last response - first response) / (output tokens - 1), per request; the pooled gaps
+between consecutive responses (vLLM's ITL) are kept too (gap_p50/gap_p99). Output tokens come from the
 num_output_tokens output (the inputs set return_num_output_tokens). Throughputs span the first send
 to the last response of the level. The ratio column compares each level with the first one.
 """
@@ -20,7 +21,7 @@ def output_tokens(request: dict) -> int:
         raw = output.get("num_output_tokens")
         if raw is None:
             raise SystemExit("profile export lacks num_output_tokens: send return_num_output_tokens in the input data")
-        # perf_analyzer writes non-text outputs as their raw bytes; UINT32 is 4 little-endian bytes
+        # UINT32 is 4 little-endian bytes (one latin-1 character each)
         total += struct.unpack("<I", raw.encode("latin-1"))[0] if isinstance(raw, str) else int(raw)
     return total
 
@@ -31,18 +32,24 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summarize(path: Path) -> dict:
-    experiment = json.loads(path.read_text())["experiments"][0]
+    # perf_analyzer writes non-text outputs as their raw bytes inside JSON strings: read bytes as latin-1
+    experiment = json.loads(path.read_bytes().decode("latin-1"))["experiments"][0]
     requests = [r for r in experiment["requests"] if r["response_timestamps"]]
     ttft = [(r["response_timestamps"][0] - r["timestamp"]) / 1e9 for r in requests]
     e2e = [(r["response_timestamps"][-1] - r["timestamp"]) / 1e9 for r in requests]
     tokens = [output_tokens(r) for r in requests]
     tpot = [(r["response_timestamps"][-1] - r["response_timestamps"][0]) / 1e9 / (n - 1)
             for r, n in zip(requests, tokens) if n > 1]
+    # vLLM-style inter-token latency: every gap between two responses of a request, pooled
+    gaps = [(b - a) / 1e9 for r in requests for a, b in zip(r["response_timestamps"], r["response_timestamps"][1:])]
     span = (max(r["response_timestamps"][-1] for r in requests) - min(r["timestamp"] for r in requests)) / 1e9
+    nan = float("nan")
     return {"concurrency": experiment["experiment"]["value"], "requests": len(requests),
-            "req_per_s": len(requests) / span, "tok_per_s": sum(tokens) / span,
+            "req_per_s": len(requests) / span, "tok_per_s": sum(tokens) / span, "seconds": span,
             "ttft_p50": percentile(ttft, 0.5), "ttft_p99": percentile(ttft, 0.99),
-            "tpot_mean": statistics.fmean(tpot) if tpot else float("nan"),
+            "tpot_mean": statistics.fmean(tpot) if tpot else nan,
+            "tpot_p50": percentile(tpot, 0.5) if tpot else nan, "tpot_p99": percentile(tpot, 0.99) if tpot else nan,
+            "gap_p50": percentile(gaps, 0.5) if gaps else nan, "gap_p99": percentile(gaps, 0.99) if gaps else nan,
             "e2e_p50": percentile(e2e, 0.5), "tokens_per_request": statistics.fmean(tokens)}
 
 

@@ -1,7 +1,8 @@
 """Custom metrics on Triton's /metrics (TRT-LLM and vLLM names) and a periodic one-line stats log.
 
 One thread owns every metric: each Metric call is an IPC round trip to the server (0.3-2 ms), so
-neither the engine thread nor the response thread makes one. While the engine holds requests the
+neither the engine thread nor the response thread makes one, and a gauge is set only when its value
+changed. While the engine holds requests the
 thread refreshes the gauges from runner.stats() every stats_check_period_ms; when the engine is idle
 it does one last refresh (and one last log line) and then sleeps until execute() or a finished
 request wakes it.
@@ -44,13 +45,26 @@ def gauge_values(stats: EngineStats) -> dict[tuple[str, str, str], float]:
         ("nv_trt_llm_inflight_batcher_metrics", "inflight_batcher_specific_metric", "micro_batch_id"): 0,
         ("nv_trt_llm_inflight_batcher_metrics", "inflight_batcher_specific_metric", "paused_requests"):
             stats.preempted,
+        ("nv_trt_llm_general_metrics", "general_type", "iteration_counter"): stats.iterations,
     }
+
+
+# Counters: Prometheus name -> the cumulative EngineStats field it follows. vLLM's names; the prefix-cache
+# pair is in tokens, so the hit rate is rate(hits) / rate(queries).
+COUNTERS = {
+    "vllm:prompt_tokens_total": ("prompt_tokens_total", "Number of prefill tokens processed."),
+    "vllm:generation_tokens_total": ("generation_tokens_total", "Number of generation tokens processed."),
+    "vllm:prefix_cache_queries_total": ("prefix_cache_queries", "Prompt tokens looked up in the prefix cache."),
+    "vllm:prefix_cache_hits_total": ("prefix_cache_hits", "Prompt tokens served by the prefix cache."),
+    "vllm:num_preemptions_total": ("num_preemptions", "Requests preempted (recompute) to free KV blocks."),
+}
 
 
 GAUGE_HELP = {
     "nv_trt_llm_request_metrics": "TRT-LLM request metrics",
     "nv_trt_llm_kv_cache_block_metrics": "TRT-LLM KV cache block metrics",
     "nv_trt_llm_inflight_batcher_metrics": "TRT-LLM inflight batcher metrics",
+    "nv_trt_llm_general_metrics": "TRT-LLM general metrics",
 }
 
 
@@ -66,9 +80,11 @@ class TritonMetrics:
                           for name, text in GAUGE_HELP.items()}
         self._gauges = {key: self._families[key[0]].Metric(labels={**labels, key[1]: key[2]})
                         for key in gauge_values(EngineStats())}
+        self._gauge_values: dict = {}     # last value set: an unchanged gauge costs no IPC
+        for name, (_, text) in COUNTERS.items():
+            self._families[name] = pb_utils.MetricFamily(name, text, pb_utils.MetricFamily.COUNTER)
+        self._counters = {name: self._families[name].Metric(labels=labels) for name in COUNTERS}
         for name, text, kind in [
-            ("vllm:prompt_tokens_total", "Number of prefill tokens processed.", pb_utils.MetricFamily.COUNTER),
-            ("vllm:generation_tokens_total", "Number of generation tokens processed.", pb_utils.MetricFamily.COUNTER),
             ("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
              pb_utils.MetricFamily.HISTOGRAM),
             ("vllm:time_per_output_token_seconds", "Histogram of time per output token in seconds.",
@@ -77,8 +93,6 @@ class TritonMetrics:
              pb_utils.MetricFamily.HISTOGRAM),
         ]:
             self._families[name] = pb_utils.MetricFamily(name, text, kind)
-        self._prompt_tokens = self._families["vllm:prompt_tokens_total"].Metric(labels=labels)
-        self._generation_tokens = self._families["vllm:generation_tokens_total"].Metric(labels=labels)
         self._ttft = self._families["vllm:time_to_first_token_seconds"].Metric(labels=labels, buckets=TTFT_BUCKETS)
         self._tpot = self._families["vllm:time_per_output_token_seconds"].Metric(labels=labels, buckets=TPOT_BUCKETS)
         self._e2e = self._families["vllm:e2e_request_latency_seconds"].Metric(labels=labels, buckets=E2E_BUCKETS)
@@ -124,11 +138,13 @@ class TritonMetrics:
 
     def _export(self, stats: EngineStats) -> None:
         for key, value in gauge_values(stats).items():
-            self._gauges[key].set(value)
-        if stats.prompt_tokens_total > self._last.prompt_tokens_total:
-            self._prompt_tokens.increment(stats.prompt_tokens_total - self._last.prompt_tokens_total)
-        if stats.generation_tokens_total > self._last.generation_tokens_total:
-            self._generation_tokens.increment(stats.generation_tokens_total - self._last.generation_tokens_total)
+            if self._gauge_values.get(key) != value:
+                self._gauges[key].set(value)
+                self._gauge_values[key] = value
+        for name, (field, _) in COUNTERS.items():
+            increase = getattr(stats, field) - getattr(self._last, field)
+            if increase > 0:
+                self._counters[name].increment(increase)
         self._last = stats
         while not self._finished.empty():
             arrival, first_token_at, finished_at, num_output_tokens = self._finished.get()

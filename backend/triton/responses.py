@@ -1,9 +1,9 @@
 """Engine outputs -> Triton responses, sent from one thread that owns every response sender.
 
 The engine thread only enqueues its RequestOutputs here (a cheap put), so sending over the stub's IPC
-never slows an engine step. The same thread notices cancelled requests: it asks is_cancelled() after
-each token it sends, and sweeps the requests it has not asked for a while (queued, prefilling, or not
-streaming) every cancellation_check_period_ms. It sleeps on its queue when no request is active.
+never slows an engine step. The same thread notices cancelled requests: every
+cancellation_check_period_ms it asks is_cancelled() of each active request (an IPC round trip, so not
+after every token). It sleeps on its queue, with no timeout, when no request is active.
 """
 import queue
 import threading
@@ -110,7 +110,6 @@ class ResponseLoop:
             active.text.append(output.text_delta)
         elif output.text_delta:   # an empty delta (half a UTF-8 character) waits for the next token
             self._send(active, self._response(active, output.text_delta, output), flags=0)
-            self._check_cancelled(active, now)
 
     def _finish(self, active: ActiveRequest, output: RequestOutput | None = None, error=None) -> None:
         if error is not None:

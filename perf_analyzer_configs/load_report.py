@@ -1,0 +1,208 @@
+"""Load report: the real perf_analyzer against the real server, inflight vs V1 (static) batching.
+
+    python -m perf_analyzer_configs.load_report [--model DIR] [--concurrency 1 2 4 8 16] [--per-level 3]
+        [--strategies inflight_batching V1] [--input mixed] [--param key=value ...] [--out DIR] [--no-benchmarks-md]
+
+For each batching strategy it starts tritonserver (default model unless --model; the strategy goes in
+through config.pbtxt's gpt_model_type parameter), warms it up, then runs perf_analyzer over gRPC streaming
+at each concurrency for concurrency x per-level requests. Per level: output tokens/s, TTFT p50/p99,
+inter-token latency p50/p99 (per request, genai-perf's definition: (last - first response) / (tokens - 1)),
+plus, from the server itself, engine steps per second, tokens per step and the CPU the server process
+tree used. Writes under --out (default bench_out/load-<time>/): per level the perf_analyzer CSV and
+profile export, summary.json, summary.csv, report.md and load_report.png; copies the plot to
+docs/load_report.png and rewrites the "load" section of BENCHMARKS.md.
+"""
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from backend.serve import ROOT, TritonServer, parse_params
+from client.timed import timed_stream
+from perf_analyzer_configs.process_tree import tree
+from perf_analyzer_configs.server_metrics import engine_gauges
+from perf_analyzer_configs.summarize import summarize
+
+PERF_ANALYZER = ROOT / ".tools" / "perf_analyzer" / "bin" / "perf_analyzer"
+CUDART = ROOT / ".tools" / "perf_analyzer" / "nvidia" / "cuda_runtime" / "lib"
+INPUTS = {name: ROOT / "perf_analyzer_configs" / f"{name}_prompts.json" for name in ("short", "long", "mixed")}
+# Fixed KV budget so runs compare (the default sizes it from free memory, which others on the machine change).
+DEFAULT_PARAMS = {"max_tokens_in_paged_kv_cache": "32768"}
+TARGETS = "inflight tok/s at 16 >= 5x at 1; >= 2x V1 at 16; inflight p99 ITL at 16 <= 3x at 1"
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0.0
+    for p in tree(pid):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except Exception:   # a process that just ended
+            pass
+    return total
+
+
+def run_level(server: TritonServer, concurrency: int, requests: int, input_file: Path, out: Path) -> dict:
+    env = {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [str(CUDART), os.environ.get("LD_LIBRARY_PATH")]))}
+    before, cpu0, t0 = engine_gauges(server.metrics_url), cpu_seconds(server.process.pid), time.monotonic()
+    command = [str(PERF_ANALYZER), "-m", "moe_llm", "-u", server.grpc_url, "-i", "grpc", "--streaming", "--async",
+               "--input-data", str(input_file), "--concurrency-range", f"{concurrency}:{concurrency}",
+               "--request-count", str(requests), "-f", str(out / f"c{concurrency}.csv"),
+               "--profile-export-file", str(out / f"c{concurrency}.json")]
+    with open(out / f"c{concurrency}.log", "w") as log:
+        code = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        raise RuntimeError(f"perf_analyzer failed at concurrency {concurrency}; see {out / f'c{concurrency}.log'}")
+    wall, cpu = time.monotonic() - t0, cpu_seconds(server.process.pid) - cpu0
+    time.sleep(0.3)   # one stats refresh after the last request
+    after = engine_gauges(server.metrics_url)
+    row = summarize(out / f"c{concurrency}.json")
+    steps = after["iterations"] - before["iterations"]
+    tokens = after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"]
+    row.update(engine_steps=steps, step_ms=1000 * row["seconds"] / steps if steps else float("nan"),
+               tokens_per_step=tokens / steps if steps else float("nan"), server_cpu_percent=100 * cpu / wall,
+               preemptions=after["vllm:num_preemptions_total"] - before["vllm:num_preemptions_total"])
+    return row
+
+
+def run_strategy(model_dir: Path, strategy: str, params: dict, levels: list[int], per_level: int, input_file: Path,
+                 out: Path) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with TritonServer(model_dir, {**params, "gpt_model_type": strategy}, exit_timeout_s=10).start() as server:
+        for i in range(2):                     # first-request costs out of the measurement
+            timed_stream(server.grpc_url, f"Warm-up {i}: hello", max_tokens=4)
+        for c in levels:
+            print(f"load_report: {strategy}, concurrency {c}: {c * per_level} requests", file=sys.stderr, flush=True)
+            rows.append({"strategy": strategy, **run_level(server, c, c * per_level, input_file, out)})
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| batching | concurrency | requests | output tok/s | vs c=1 | TTFT p50 (s) | TTFT p99 (s) | ITL p50 (ms) "
+             "| ITL p99 (ms) | token gap p99 (ms) | engine step (ms) | tokens/step | server CPU |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    base = {r["strategy"]: r["tok_per_s"] for r in rows if r["concurrency"] == min(x["concurrency"] for x in rows)}
+    for r in rows:
+        lines.append(f"| {r['strategy']} | {r['concurrency']} | {r['requests']} | {r['tok_per_s']:.1f} "
+                     f"| {r['tok_per_s'] / base[r['strategy']]:.2f}x | {r['ttft_p50']:.3f} | {r['ttft_p99']:.3f} "
+                     f"| {1000 * r['tpot_p50']:.0f} | {1000 * r['tpot_p99']:.0f} | {1000 * r['gap_p99']:.0f} "
+                     f"| {r['step_ms']:.0f} | {r['tokens_per_step']:.1f} | {r['server_cpu_percent']:.0f}% |")
+    return "\n".join(lines)
+
+
+def verdicts(rows: list[dict]) -> list[str]:
+    def get(strategy, c, key):
+        return next((r[key] for r in rows if r["strategy"] == strategy and r["concurrency"] == c), None)
+    top, low = max(r["concurrency"] for r in rows), min(r["concurrency"] for r in rows)
+    out = []
+    inflight_top, inflight_low = get("inflight_batching", top, "tok_per_s"), get("inflight_batching", low, "tok_per_s")
+    if inflight_top and inflight_low:
+        ratio = inflight_top / inflight_low
+        out.append(f"inflight output tok/s at {top} vs {low}: {ratio:.2f}x (target >= 5x): {'met' if ratio >= 5 else 'NOT met'}")
+        itl = get("inflight_batching", top, "tpot_p99") / get("inflight_batching", low, "tpot_p99")
+        out.append(f"inflight p99 ITL at {top} vs {low}: {itl:.2f}x (target <= 3x): {'met' if itl <= 3 else 'NOT met'}")
+    v1_top = get("V1", top, "tok_per_s")
+    if inflight_top and v1_top:
+        ratio = inflight_top / v1_top
+        out.append(f"inflight vs V1 output tok/s at {top}: {ratio:.2f}x (target >= 2x): {'met' if ratio >= 2 else 'NOT met'}")
+    return out
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for strategy, style in (("inflight_batching", "-o"), ("V1", "--s")):
+        rs = [r for r in rows if r["strategy"] == strategy]
+        if not rs:
+            continue
+        c = [r["concurrency"] for r in rs]
+        axes[0].plot(c, [r["tok_per_s"] for r in rs], style, label=strategy)
+        axes[1].plot(c, [r["ttft_p50"] for r in rs], style, label=f"{strategy} p50")
+        axes[1].plot(c, [r["ttft_p99"] for r in rs], style, alpha=0.5, label=f"{strategy} p99")
+        axes[2].plot(c, [1000 * r["tpot_p50"] for r in rs], style, label=f"{strategy} p50")
+        axes[2].plot(c, [1000 * r["tpot_p99"] for r in rs], style, alpha=0.5, label=f"{strategy} p99")
+    for ax, title, unit in zip(axes, ("output throughput", "time to first token", "inter-token latency"),
+                               ("tokens/s", "s", "ms")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrency (streams)")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[1].set_yscale("log")
+    fig.suptitle("moe_llm through tritonserver + perf_analyzer (gRPC streaming), inflight vs V1 batching")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m perf_analyzer_configs.load_report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="model folder (default: the embedded default model)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--per-level", type=int, default=3, help="requests per level = concurrency x this")
+    parser.add_argument("--strategies", nargs="+", default=["inflight_batching", "V1"], choices=["inflight_batching", "V1"])
+    parser.add_argument("--input", default="mixed", help="short, long, mixed (perf_analyzer_configs/<name>_prompts.json) "
+                                                       "or a perf_analyzer --input-data file")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="engine setting for both servers")
+    parser.add_argument("--out", help="output folder (default bench_out/load-<time>)")
+    parser.add_argument("--no-benchmarks-md", action="store_true", help="do not touch BENCHMARKS.md or docs/")
+    args = parser.parse_args(argv)
+    subprocess.run([str(ROOT / "scripts" / "install_perf_analyzer.sh")], check=True, stdout=subprocess.DEVNULL)
+    input_file = INPUTS.get(args.input, Path(args.input))
+    if not input_file.is_file():
+        parser.error(f"--input: no such file {input_file}")
+    if args.model:
+        model_dir = Path(args.model)
+    else:
+        from backend.default_model import ensure_default_model
+        model_dir = ensure_default_model()
+    out = Path(args.out or ROOT / "bench_out" / f"load-{time.strftime('%Y%m%d-%H%M%S')}")
+    params = {**DEFAULT_PARAMS, **parse_params(args.param)}
+    t0 = time.monotonic()
+    rows = []
+    for strategy in args.strategies:
+        rows += run_strategy(model_dir, strategy, params, args.concurrency, args.per_level, input_file, out / strategy)
+    minutes = (time.monotonic() - t0) / 60
+
+    (out / "summary.json").write_text(json.dumps(rows, indent=1))
+    with open(out / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(rows, out / "load_report.png")
+    command = "python -m perf_analyzer_configs.load_report " + " ".join(argv if argv is not None else sys.argv[1:])
+    load = os.getloadavg()
+    body = "\n".join([
+        "## Serving under load: perf_analyzer, inflight vs V1 batching", "",
+        f"`{command.strip()}` ({minutes:.1f} min). The real perf_analyzer (gRPC streaming, closed loop at each "
+        f"concurrency, concurrency x {args.per_level} requests per level) against tritonserver serving "
+        f"{model_dir.name}; input `{input_file.name}`; engine parameters {params}; batching switched with "
+        "`gpt_model_type`. ITL = per-request (last - first response) / (tokens - 1) (genai-perf); token gap = "
+        "every gap between two responses, pooled (vLLM's ITL); engine step and tokens/step from the server's "
+        "iteration counter; server CPU = CPU time of the tritonserver process tree / wall time (200% = both cores). "
+        f"Load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on 2 cores shared with other work: "
+        "read ratios, not absolute numbers.", "",
+        markdown(rows), "", *[f"- {v}" for v in verdicts(rows)], "",
+        "![load report](docs/load_report.png)"])
+    (out / "report.md").write_text(body + "\n")
+    print(body)
+    if not args.no_benchmarks_md:
+        (ROOT / "docs").mkdir(exist_ok=True)
+        (ROOT / "docs" / "load_report.png").write_bytes((out / "load_report.png").read_bytes())
+        from backend.benchmarks_md import write_section
+        write_section("load", body)
+    print(f"\nload_report: results in {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
