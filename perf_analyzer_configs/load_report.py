@@ -1,11 +1,13 @@
 """Load report: the real perf_analyzer against the real server, inflight vs V1 (static) batching.
 
-    python -m perf_analyzer_configs.load_report [--model DIR] [--concurrency 1 2 4 8 16] [--per-level 3]
+    python -m perf_analyzer_configs.load_report [--model DIR] [--concurrency 1 2 4 8 16] [--window-seconds 15]
         [--strategies inflight_batching V1] [--input mixed] [--param key=value ...] [--out DIR] [--no-benchmarks-md]
 
 For each batching strategy it starts tritonserver (default model unless --model; the strategy goes in
 through config.pbtxt's gpt_model_type parameter), warms it up, then runs perf_analyzer over gRPC streaming
-at each concurrency for concurrency x per-level requests. Per level: output tokens/s, TTFT p50/p99,
+at each concurrency: closed loop, three measurement windows of --window-seconds each, concurrency held
+constant through them (time_windows mode; every level takes the same time whatever its speed), numbers
+taken inside the windows. Per level: output tokens/s, TTFT p50/p99,
 inter-token latency p50/p99 (per request, genai-perf's definition: (last - first response) / (tokens - 1)),
 plus, from the server itself, engine steps per second, tokens per step and the CPU the server process
 tree used. Writes under --out (default bench_out/load-<time>/): per level the perf_analyzer CSV and
@@ -46,12 +48,14 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def run_level(server: TritonServer, concurrency: int, requests: int, input_file: Path, out: Path) -> dict:
+def run_level(server: TritonServer, concurrency: int, window_s: float, input_file: Path, out: Path) -> dict:
     env = {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [str(CUDART), os.environ.get("LD_LIBRARY_PATH")]))}
     before, cpu0, t0 = engine_gauges(server.metrics_url), cpu_seconds(server.process.pid), time.monotonic()
     command = [str(PERF_ANALYZER), "-m", "moe_llm", "-u", server.grpc_url, "-i", "grpc", "--streaming", "--async",
                "--input-data", str(input_file), "--concurrency-range", f"{concurrency}:{concurrency}",
-               "--request-count", str(requests), "-f", str(out / f"c{concurrency}.csv"),
+               # three windows, accepted whatever their spread (-s 1000%): a fixed time per level
+               "--measurement-mode", "time_windows", "--measurement-interval", str(int(window_s * 1000)),
+               "-r", "3", "-s", "1000", "-f", str(out / f"c{concurrency}.csv"),
                "--profile-export-file", str(out / f"c{concurrency}.json")]
     with open(out / f"c{concurrency}.log", "w") as log:
         code = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
@@ -63,13 +67,13 @@ def run_level(server: TritonServer, concurrency: int, requests: int, input_file:
     row = summarize(out / f"c{concurrency}.json")
     steps = after["iterations"] - before["iterations"]
     tokens = after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"]
-    row.update(engine_steps=steps, step_ms=1000 * row["seconds"] / steps if steps else float("nan"),
+    row.update(engine_steps=steps, step_ms=1000 * wall / steps if steps else float("nan"),
                tokens_per_step=tokens / steps if steps else float("nan"), server_cpu_percent=100 * cpu / wall,
                preemptions=after["vllm:num_preemptions_total"] - before["vllm:num_preemptions_total"])
     return row
 
 
-def run_strategy(model_dir: Path, strategy: str, params: dict, levels: list[int], per_level: int, input_file: Path,
+def run_strategy(model_dir: Path, strategy: str, params: dict, levels: list[int], window_s: float, input_file: Path,
                  out: Path) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -77,8 +81,8 @@ def run_strategy(model_dir: Path, strategy: str, params: dict, levels: list[int]
         for i in range(2):                     # first-request costs out of the measurement
             timed_stream(server.grpc_url, f"Warm-up {i}: hello", max_tokens=4)
         for c in levels:
-            print(f"load_report: {strategy}, concurrency {c}: {c * per_level} requests", file=sys.stderr, flush=True)
-            rows.append({"strategy": strategy, **run_level(server, c, c * per_level, input_file, out)})
+            print(f"load_report: {strategy}, concurrency {c}: 3 x {window_s:.0f} s", file=sys.stderr, flush=True)
+            rows.append({"strategy": strategy, **run_level(server, c, window_s, input_file, out)})
     return rows
 
 
@@ -86,30 +90,35 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| batching | concurrency | requests | output tok/s | vs c=1 | TTFT p50 (s) | TTFT p99 (s) | ITL p50 (ms) "
              "| ITL p99 (ms) | token gap p99 (ms) | engine step (ms) | tokens/step | server CPU |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    base = {r["strategy"]: r["tok_per_s"] for r in rows if r["concurrency"] == min(x["concurrency"] for x in rows)}
+    low = min(r["concurrency"] for r in rows)
+    base = {r["strategy"]: r["steady_tok_per_s"] for r in rows if r["concurrency"] == low}
     for r in rows:
-        lines.append(f"| {r['strategy']} | {r['concurrency']} | {r['requests']} | {r['tok_per_s']:.1f} "
-                     f"| {r['tok_per_s'] / base[r['strategy']]:.2f}x | {r['ttft_p50']:.3f} | {r['ttft_p99']:.3f} "
-                     f"| {1000 * r['tpot_p50']:.0f} | {1000 * r['tpot_p99']:.0f} | {1000 * r['gap_p99']:.0f} "
-                     f"| {r['step_ms']:.0f} | {r['tokens_per_step']:.1f} | {r['server_cpu_percent']:.0f}% |")
+        lines.append(
+            f"| {r['strategy']} | {r['concurrency']} | {r['steady_requests']} | {r['steady_tok_per_s']:.1f} "
+            f"| {r['steady_tok_per_s'] / base[r['strategy']]:.2f}x | {r['steady_ttft_p50']:.3f} "
+            f"| {r['steady_ttft_p99']:.3f} | {1000 * r['steady_tpot_p50']:.0f} | {1000 * r['steady_tpot_p99']:.0f} "
+            f"| {1000 * r['gap_p99']:.0f} | {r['step_ms']:.0f} | {r['tokens_per_step']:.1f} "
+            f"| {r['server_cpu_percent']:.0f}% |")
     return "\n".join(lines)
 
 
 def verdicts(rows: list[dict]) -> list[str]:
     def get(strategy, c, key):
-        return next((r[key] for r in rows if r["strategy"] == strategy and r["concurrency"] == c), None)
+        return next((r["steady_" + key] for r in rows if r["strategy"] == strategy and r["concurrency"] == c), None)
     top, low = max(r["concurrency"] for r in rows), min(r["concurrency"] for r in rows)
     out = []
     inflight_top, inflight_low = get("inflight_batching", top, "tok_per_s"), get("inflight_batching", low, "tok_per_s")
     if inflight_top and inflight_low:
         ratio = inflight_top / inflight_low
-        out.append(f"inflight output tok/s at {top} vs {low}: {ratio:.2f}x (target >= 5x): {'met' if ratio >= 5 else 'NOT met'}")
+        out.append(f"inflight output tok/s at {top} vs {low}: {ratio:.2f}x (target >= 5x): "
+                   f"{'met' if ratio >= 5 else 'NOT met'}")
         itl = get("inflight_batching", top, "tpot_p99") / get("inflight_batching", low, "tpot_p99")
         out.append(f"inflight p99 ITL at {top} vs {low}: {itl:.2f}x (target <= 3x): {'met' if itl <= 3 else 'NOT met'}")
     v1_top = get("V1", top, "tok_per_s")
     if inflight_top and v1_top:
         ratio = inflight_top / v1_top
-        out.append(f"inflight vs V1 output tok/s at {top}: {ratio:.2f}x (target >= 2x): {'met' if ratio >= 2 else 'NOT met'}")
+        out.append(f"inflight vs V1 output tok/s at {top}: {ratio:.2f}x (target >= 2x): "
+                   f"{'met' if ratio >= 2 else 'NOT met'}")
     return out
 
 
@@ -124,11 +133,11 @@ def plot(rows: list[dict], path: Path) -> None:
         if not rs:
             continue
         c = [r["concurrency"] for r in rs]
-        axes[0].plot(c, [r["tok_per_s"] for r in rs], style, label=strategy)
-        axes[1].plot(c, [r["ttft_p50"] for r in rs], style, label=f"{strategy} p50")
-        axes[1].plot(c, [r["ttft_p99"] for r in rs], style, alpha=0.5, label=f"{strategy} p99")
-        axes[2].plot(c, [1000 * r["tpot_p50"] for r in rs], style, label=f"{strategy} p50")
-        axes[2].plot(c, [1000 * r["tpot_p99"] for r in rs], style, alpha=0.5, label=f"{strategy} p99")
+        axes[0].plot(c, [r["steady_tok_per_s"] for r in rs], style, label=strategy)
+        axes[1].plot(c, [r["steady_ttft_p50"] for r in rs], style, label=f"{strategy} p50")
+        axes[1].plot(c, [r["steady_ttft_p99"] for r in rs], style, alpha=0.5, label=f"{strategy} p99")
+        axes[2].plot(c, [1000 * r["steady_tpot_p50"] for r in rs], style, label=f"{strategy} p50")
+        axes[2].plot(c, [1000 * r["steady_tpot_p99"] for r in rs], style, alpha=0.5, label=f"{strategy} p99")
     for ax, title, unit in zip(axes, ("output throughput", "time to first token", "inter-token latency"),
                                ("tokens/s", "s", "ms")):
         ax.set_xscale("log", base=2)
@@ -148,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m perf_analyzer_configs.load_report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="model folder (default: the embedded default model)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    parser.add_argument("--per-level", type=int, default=3, help="requests per level = concurrency x this")
+    parser.add_argument("--window-seconds", type=float, default=15, help="perf_analyzer measurement window (3 per level)")
     parser.add_argument("--strategies", nargs="+", default=["inflight_batching", "V1"], choices=["inflight_batching", "V1"])
     parser.add_argument("--input", default="mixed", help="short, long, mixed (perf_analyzer_configs/<name>_prompts.json) "
                                                        "or a perf_analyzer --input-data file")
@@ -170,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     rows = []
     for strategy in args.strategies:
-        rows += run_strategy(model_dir, strategy, params, args.concurrency, args.per_level, input_file, out / strategy)
+        rows += run_strategy(model_dir, strategy, params, args.concurrency, args.window_seconds, input_file,
+                             out / strategy)
     minutes = (time.monotonic() - t0) / 60
 
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
@@ -183,12 +193,15 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     body = "\n".join([
         "## Serving under load: perf_analyzer, inflight vs V1 batching", "",
-        f"`{command.strip()}` ({minutes:.1f} min). The real perf_analyzer (gRPC streaming, closed loop at each "
-        f"concurrency, concurrency x {args.per_level} requests per level) against tritonserver serving "
-        f"{model_dir.name}; input `{input_file.name}`; engine parameters {params}; batching switched with "
-        "`gpt_model_type`. ITL = per-request (last - first response) / (tokens - 1) (genai-perf); token gap = "
-        "every gap between two responses, pooled (vLLM's ITL); engine step and tokens/step from the server's "
-        "iteration counter; server CPU = CPU time of the tritonserver process tree / wall time (200% = both cores). "
+        f"`{command.strip()}` ({minutes:.1f} min). The real perf_analyzer (gRPC streaming, closed loop, "
+        f"time_windows mode: 3 windows of {args.window_seconds:.0f} s per level at constant concurrency) against "
+        f"tritonserver serving {model_dir.name}; input `{input_file.name}` (prompts of 14-104 tokens, fixed output "
+        f"lengths 16-192, mean 91, for `mixed`); engine parameters {params}; batching switched with "
+        "`gpt_model_type`. Output tok/s counts the tokens streamed inside the windows; TTFT and ITL are over the "
+        "requests sent inside them; ITL = per request (last - first response) / (tokens - 1) (genai-perf); token "
+        "gap p99 = every gap between two responses of any request of the level, pooled (vLLM's ITL); engine step "
+        "(ms per engine iteration) and tokens/step from the server's iteration counter over the level; server CPU "
+        "= CPU time of the tritonserver process tree / wall time (200% = both cores). "
         f"Load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on 2 cores shared with other work: "
         "read ratios, not absolute numbers.", "",
         markdown(rows), "", *[f"- {v}" for v in verdicts(rows)], "",

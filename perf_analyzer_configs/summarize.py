@@ -7,6 +7,12 @@ latency") = (last response - first response) / (output tokens - 1), per request;
 between consecutive responses (vLLM's ITL) are kept too (gap_p50/gap_p99). Output tokens come from the
 num_output_tokens output (the inputs set return_num_output_tokens). Throughputs span the first send
 to the last response of the level. The ratio column compares each level with the first one.
+
+summarize() also reports the steady window (steady_tok_per_s, and the latencies of the requests sent
+in it: steady_ttft_*, steady_tpot_*): perf_analyzer's own measurement windows when it ran in
+time_windows mode (concurrency is held constant through them), else from the moment all streams are
+busy to the moment the first one runs dry (with --request-count, perf_analyzer gives each stream a
+fixed share of the requests, so with mixed output lengths some streams run dry long before others).
 """
 import json
 import statistics
@@ -31,10 +37,51 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def steady_window(requests: list[dict], concurrency: int) -> tuple[int, int]:
+    """(start, end) in ns: from when `concurrency` requests are first in flight to the last time the count
+    drops below it without coming back (a stream ran dry, not the usual finish-then-send turnaround)."""
+    events = sorted([(r["timestamp"], 1) for r in requests] + [(r["response_timestamps"][-1], -1) for r in requests])
+    in_flight, start, end = 0, None, None
+    for t, change in events:
+        before, in_flight = in_flight, in_flight + change
+        if in_flight >= concurrency > before:
+            start = t if start is None else start
+            end = None
+        elif before >= concurrency > in_flight:
+            end = t
+    return start, end
+
+
+def latencies(requests: list[dict], prefix: str = "") -> dict:
+    tokens = [output_tokens(r) for r in requests]
+    ttft = [(r["response_timestamps"][0] - r["timestamp"]) / 1e9 for r in requests]
+    tpot = [(r["response_timestamps"][-1] - r["response_timestamps"][0]) / 1e9 / (n - 1)
+            for r, n in zip(requests, tokens) if n > 1]
+    nan = float("nan")
+    return {prefix + "ttft_p50": percentile(ttft, 0.5), prefix + "ttft_p99": percentile(ttft, 0.99),
+            prefix + "tpot_p50": percentile(tpot, 0.5) if tpot else nan,
+            prefix + "tpot_p99": percentile(tpot, 0.99) if tpot else nan}
+
+
+def steady(requests: list[dict], concurrency: int, window: list[int] | None = None) -> dict:
+    start, end = (window[0], window[-1]) if window else steady_window(requests, concurrency)
+    if start is None or end is None or end <= start:
+        return {"steady_seconds": 0.0, "steady_tok_per_s": float("nan"), "steady_requests": 0}
+    tokens = 0
+    for r in requests:
+        for t, out in zip(r["response_timestamps"], r["response_outputs"]):
+            if start <= t <= end:
+                tokens += output_tokens({"response_outputs": [out]})
+    sent = [r for r in requests if start <= r["timestamp"] <= end] or requests
+    return {"steady_seconds": (end - start) / 1e9, "steady_tok_per_s": tokens / ((end - start) / 1e9),
+            "steady_requests": len(sent), **latencies(sent, "steady_")}
+
+
 def summarize(path: Path) -> dict:
     # perf_analyzer writes non-text outputs as their raw bytes inside JSON strings: read bytes as latin-1
     experiment = json.loads(path.read_bytes().decode("latin-1"))["experiments"][0]
     requests = [r for r in experiment["requests"] if r["response_timestamps"]]
+    concurrency = experiment["experiment"]["value"]
     ttft = [(r["response_timestamps"][0] - r["timestamp"]) / 1e9 for r in requests]
     e2e = [(r["response_timestamps"][-1] - r["timestamp"]) / 1e9 for r in requests]
     tokens = [output_tokens(r) for r in requests]
@@ -44,7 +91,8 @@ def summarize(path: Path) -> dict:
     gaps = [(b - a) / 1e9 for r in requests for a, b in zip(r["response_timestamps"], r["response_timestamps"][1:])]
     span = (max(r["response_timestamps"][-1] for r in requests) - min(r["timestamp"] for r in requests)) / 1e9
     nan = float("nan")
-    return {"concurrency": experiment["experiment"]["value"], "requests": len(requests),
+    return {"concurrency": concurrency, "requests": len(requests),
+            **steady(requests, concurrency, experiment.get("window_boundaries")),
             "req_per_s": len(requests) / span, "tok_per_s": sum(tokens) / span, "seconds": span,
             "ttft_p50": percentile(ttft, 0.5), "ttft_p99": percentile(ttft, 0.99),
             "tpot_mean": statistics.fmean(tpot) if tpot else nan,

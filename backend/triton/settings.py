@@ -2,6 +2,7 @@
 
 Values follow TRT-LLM's conventions: an empty string or an unfilled `${...}` template means unset.
 """
+import os
 from dataclasses import dataclass, fields
 
 from backend.config import EngineConfig
@@ -41,4 +42,14 @@ def load_settings(parameters: dict[str, str]) -> tuple[EngineConfig, AdapterSett
         except ValueError:
             raise ConfigError(key, f"expected a number, got {parameters[key]!r}") from None
     engine = EngineConfig.from_dict(parameters, ignore=adapter_keys)
+    if engine.num_threads is None:
+        engine.num_threads = serving_threads()
     return engine, AdapterSettings(**adapter)
+
+
+def serving_threads() -> int:
+    """torch threads when num_threads is unset: all the cores this process may use but one, which is left to
+    tritonserver's gRPC threads and the stub's response thread. An OpenMP team stalls whenever one of its
+    threads is preempted: on 2 cores under perf_analyzer load, 2 torch threads ran decode steps 1.2-1.7x
+    slower than 1 (BENCHMARKS.md, load section)."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
