@@ -128,16 +128,15 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    for strategy, style in (("inflight_batching", "-o"), ("V1", "--s")):
+    for strategy, style, color in (("inflight_batching", "-o", "tab:blue"), ("V1", "--s", "tab:orange")):
         rs = [r for r in rows if r["strategy"] == strategy]
         if not rs:
             continue
         c = [r["concurrency"] for r in rs]
-        axes[0].plot(c, [r["steady_tok_per_s"] for r in rs], style, label=strategy)
-        axes[1].plot(c, [r["steady_ttft_p50"] for r in rs], style, label=f"{strategy} p50")
-        axes[1].plot(c, [r["steady_ttft_p99"] for r in rs], style, alpha=0.5, label=f"{strategy} p99")
-        axes[2].plot(c, [1000 * r["steady_tpot_p50"] for r in rs], style, label=f"{strategy} p50")
-        axes[2].plot(c, [1000 * r["steady_tpot_p99"] for r in rs], style, alpha=0.5, label=f"{strategy} p99")
+        axes[0].plot(c, [r["steady_tok_per_s"] for r in rs], style, color=color, label=strategy)
+        for ax, key, scale in ((axes[1], "steady_ttft", 1), (axes[2], "steady_tpot", 1000)):
+            ax.plot(c, [scale * r[key + "_p50"] for r in rs], style, color=color, label=f"{strategy} p50")
+            ax.plot(c, [scale * r[key + "_p99"] for r in rs], style, color=color, alpha=0.4, label=f"{strategy} p99")
     for ax, title, unit in zip(axes, ("output throughput", "time to first token", "inter-token latency"),
                                ("tokens/s", "s", "ms")):
         ax.set_xscale("log", base=2)
@@ -164,7 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="engine setting for both servers")
     parser.add_argument("--out", help="output folder (default bench_out/load-<time>)")
     parser.add_argument("--no-benchmarks-md", action="store_true", help="do not touch BENCHMARKS.md or docs/")
+    parser.add_argument("--render", metavar="RUN_DIR", help="only re-render the report of an earlier run")
     args = parser.parse_args(argv)
+    if args.render:
+        render(Path(args.render), benchmarks_md=not args.no_benchmarks_md)
+        return 0
     subprocess.run([str(ROOT / "scripts" / "install_perf_analyzer.sh")], check=True, stdout=subprocess.DEVNULL)
     input_file = INPUTS.get(args.input, Path(args.input))
     if not input_file.is_file():
@@ -183,38 +186,68 @@ def main(argv: list[str] | None = None) -> int:
                              out / strategy)
     minutes = (time.monotonic() - t0) / 60
 
+    command = "python -m perf_analyzer_configs.load_report " + " ".join(argv if argv is not None else sys.argv[1:])
+    meta = {"command": command.strip(), "minutes": minutes, "window_seconds": args.window_seconds,
+            "model": model_dir.name, "input": input_file.name, "params": params, "load": os.getloadavg()}
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
     with open(out / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    render(out, benchmarks_md=not args.no_benchmarks_md)
+    print(f"\nload_report: results in {out}", file=sys.stderr)
+    return 0
+
+
+def bottleneck(rows: list[dict]) -> str:
+    """What the engine's own step time allows: if a step of B requests costs step(B), output tok/s can grow
+    at most (B / step(B)) / (1 / step(1)) from 1 to B streams, whatever the serving layer does."""
+    rs = sorted((r for r in rows if r["strategy"] == "inflight_batching"), key=lambda r: r["concurrency"])
+    if len(rs) < 2:
+        return ""
+    low, top = rs[0], rs[-1]
+    slope = (top["step_ms"] - low["step_ms"]) / (top["tokens_per_step"] - low["tokens_per_step"])
+    bound = (top["tokens_per_step"] / top["step_ms"]) / (low["tokens_per_step"] / low["step_ms"])
+    return (f"Reading: the engine step grows from {low['step_ms']:.0f} ms at {low['tokens_per_step']:.1f} tokens/step "
+            f"(concurrency {low['concurrency']}) to {top['step_ms']:.0f} ms at {top['tokens_per_step']:.1f} tokens/step "
+            f"(concurrency {top['concurrency']}): about {slope:.1f} ms more per request in the batch, so the engine "
+            f"alone caps output tok/s at {bound:.2f}x from {low['concurrency']} to {top['concurrency']} streams; the "
+            f"serving layer reaches {top['steady_tok_per_s'] / low['steady_tok_per_s']:.2f}x. The server process "
+            f"tree used {top['server_cpu_percent']:.0f}% of a core at concurrency {top['concurrency']} (the one engine "
+            "thread busy; num_threads unset = all cores but one, see backend/triton/settings.py). The engine is the "
+            "bottleneck here; V1 keeps TTFT waiting for whole batches.")
+
+
+def render(out: Path, benchmarks_md: bool) -> str:
+    """report.md and load_report.png from a run folder's summary.json and meta.json (also BENCHMARKS.md's
+    load section and docs/load_report.png when benchmarks_md)."""
+    rows, meta = json.loads((out / "summary.json").read_text()), json.loads((out / "meta.json").read_text())
     plot(rows, out / "load_report.png")
-    command = "python -m perf_analyzer_configs.load_report " + " ".join(argv if argv is not None else sys.argv[1:])
-    load = os.getloadavg()
+    load = meta["load"]
     body = "\n".join([
-        "## Serving under load: perf_analyzer, inflight vs V1 batching", "",
-        f"`{command.strip()}` ({minutes:.1f} min). The real perf_analyzer (gRPC streaming, closed loop, "
-        f"time_windows mode: 3 windows of {args.window_seconds:.0f} s per level at constant concurrency) against "
-        f"tritonserver serving {model_dir.name}; input `{input_file.name}` (prompts of 14-104 tokens, fixed output "
-        f"lengths 16-192, mean 91, for `mixed`); engine parameters {params}; batching switched with "
+        f"`{meta['command']}` ({meta['minutes']:.1f} min). The real perf_analyzer (gRPC streaming, closed loop, "
+        f"time_windows mode: 3 windows of {meta['window_seconds']:.0f} s per level at constant concurrency) against "
+        f"tritonserver serving {meta['model']}; input `{meta['input']}` (for `mixed_prompts.json`: prompts of 14-104 "
+        f"tokens, fixed output lengths 16-192, mean 91); engine parameters {meta['params']}; batching switched with "
         "`gpt_model_type`. Output tok/s counts the tokens streamed inside the windows; TTFT and ITL are over the "
         "requests sent inside them; ITL = per request (last - first response) / (tokens - 1) (genai-perf); token "
         "gap p99 = every gap between two responses of any request of the level, pooled (vLLM's ITL); engine step "
         "(ms per engine iteration) and tokens/step from the server's iteration counter over the level; server CPU "
         "= CPU time of the tritonserver process tree / wall time (200% = both cores). "
         f"Load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on 2 cores shared with other work: "
-        "read ratios, not absolute numbers.", "",
-        markdown(rows), "", *[f"- {v}" for v in verdicts(rows)], "",
+        "read ratios, not absolute numbers. Re-render from the run folder: "
+        "`python -m perf_analyzer_configs.load_report --render bench_out/load-...`.", "",
+        markdown(rows), "", *[f"- {v}" for v in verdicts(rows)], "", bottleneck(rows), "",
         "![load report](docs/load_report.png)"])
     (out / "report.md").write_text(body + "\n")
     print(body)
-    if not args.no_benchmarks_md:
+    if benchmarks_md:
         (ROOT / "docs").mkdir(exist_ok=True)
         (ROOT / "docs" / "load_report.png").write_bytes((out / "load_report.png").read_bytes())
         from backend.benchmarks_md import write_section
         write_section("load", body)
-    print(f"\nload_report: results in {out}", file=sys.stderr)
-    return 0
+    return body
 
 
 if __name__ == "__main__":
