@@ -95,8 +95,10 @@ def main(argv=None) -> int:
     if model_dir is None:
         from backend.default_model import ensure_default_model
         model_dir = ensure_default_model()
+    # fp32 experts run with fp32 dense linears and KV: transformers' arithmetic; the others with the defaults.
+    exact = dict(dense_dtype="fp32", kv_cache_dtype="fp32")
     engines = {d: LLMEngine.from_pretrained(model_dir, max_tokens_in_paged_kv_cache=64 * 1024, max_seq_len=2048,
-                                            expert_dtype=d) for d in args.expert_dtypes}
+                                            expert_dtype=d, **(exact if d == "fp32" else {})) for d in args.expert_dtypes}
     tokenizer = next(iter(engines.values())).tokenizer
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     prompts_all = make_prompts(tokenizer, max(args.concurrency))
@@ -127,7 +129,8 @@ def main(argv=None) -> int:
         cmd = "python -m backend.bench --write" + ("" if args.concurrency == [1, 4, 16] else
                                                     " --concurrency " + " ".join(map(str, args.concurrency)))
         write_section("engine", f"Command: `{cmd}` (default model, mixed prompt lengths, {args.max_tokens} output tokens "
-                      f"per request, greedy, fp32 activations, {torch.get_num_threads()} threads, best of {args.repeats} runs "
+                      f"per request, greedy, fp32 activations; fp32 rows with fp32 dense linears and KV cache, the others "
+                      f"with the defaults (bf16 dense linears and KV cache), {torch.get_num_threads()} threads, best of {args.repeats} runs "
                       f"per cell; transformers "
                       f"`generate` runs the same prompts as one static left-padded batch with fp32 experts; "
                       f"all measured in the same run).\n\n{table}\n")

@@ -12,6 +12,8 @@ BATCH_SCHEDULER_POLICIES = ("guaranteed_no_evict", "max_utilization")
 BATCHING_STRATEGIES = ("inflight_batching", "inflight_fused_batching", "V1")
 DTYPES = ("float32", "bfloat16", "float16")
 EXPERT_DTYPES = ("bf16", "int8", "int4", "fp32")
+DENSE_DTYPES = ("auto", "fp32", "bf16")
+KV_CACHE_DTYPES = ("auto", "fp32", "bf16")
 ALIASES = {"kv_cache_free_gpu_mem_fraction": "kv_cache_free_mem_fraction", "gpt_model_type": "batching_strategy",
            "max_num_seqs": "max_batch_size", "max_num_batched_tokens": "max_num_tokens", "block_size": "tokens_per_block"}
 
@@ -34,6 +36,8 @@ class EngineConfig:
     num_threads: int | None = None                   # torch intra-op threads; None: torch's default
     placement: str | None = None                     # YAML placement rules (kernels/placement)
     expert_dtype: str | None = None                  # overrides the placement's expert dtype
+    dense_dtype: str = "auto"                        # dense linears' weights (fp32 math); auto: bf16 for bf16 checkpoints
+    kv_cache_dtype: str = "auto"                     # auto: bf16 when the dense linears hold bf16 weights, else dtype
     warmup: bool = True
 
     def __post_init__(self):
@@ -58,6 +62,9 @@ class EngineConfig:
         check(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
         check(self.expert_dtype is None or self.expert_dtype in EXPERT_DTYPES, "expert_dtype",
               f"must be one of {EXPERT_DTYPES}, got {self.expert_dtype!r}")
+        check(self.dense_dtype in DENSE_DTYPES, "dense_dtype", f"must be one of {DENSE_DTYPES}, got {self.dense_dtype!r}")
+        check(self.kv_cache_dtype in KV_CACHE_DTYPES, "kv_cache_dtype",
+              f"must be one of {KV_CACHE_DTYPES}, got {self.kv_cache_dtype!r}")
         check(self.num_threads is None or self.num_threads > 0, "num_threads", f"must be > 0, got {self.num_threads}")
 
     @property

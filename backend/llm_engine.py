@@ -13,7 +13,7 @@ from backend.detokenizer import IncrementalDetokenizer
 from backend.errors import InvalidRequest
 from backend.model_runner import ModelRunner, kv_cache_num_blocks
 from backend.models.loader import build_model
-from backend.models.placement import place_experts
+from backend.models.placement import place_dense, place_experts
 from backend.outputs import EngineStats, GenerationResult, RequestOutput
 from backend.sampling_params import SamplingParams
 from backend.scheduler import ScheduledBatch, Scheduler
@@ -34,6 +34,10 @@ class LLMEngine:
         self.dtype = DTYPES[config.dtype]
         self.model, self.spec, self.hf_config = build_model(config.model, self.dtype)
         self.placement_notes = place_experts(self.model, config.placement, config.expert_dtype)
+        note, dense_bf16 = place_dense(self.model, config.dense_dtype, self.dtype, getattr(self.hf_config, "dtype", None))
+        self.placement_notes.append(note)
+        self.kv_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(
+            config.kv_cache_dtype, torch.bfloat16 if dense_bf16 else self.dtype)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(config.model, trust_remote_code=False)
         except Exception as e:
@@ -42,10 +46,10 @@ class LLMEngine:
         if self.spec.sliding_window:
             self.max_seq_len = min(self.max_seq_len, self.spec.sliding_window)
         self.eos_token_ids = self._eos_ids()
-        num_blocks, source = kv_cache_num_blocks(config, self.spec, self.dtype, self.max_seq_len)
+        num_blocks, source = kv_cache_num_blocks(config, self.spec, self.kv_dtype, self.max_seq_len)
         self.block_manager = BlockManager(num_blocks, config.tokens_per_block, config.enable_kv_cache_reuse)
         self.scheduler = Scheduler(config, self.block_manager)
-        self.runner = ModelRunner(config, self.model, self.spec, num_blocks, self.dtype)
+        self.runner = ModelRunner(config, self.model, self.spec, num_blocks, self.kv_dtype)
         self.sequences: dict[str, Sequence] = {}
         self._aborted: list[Sequence] = []
         self._last = ScheduledBatch()
@@ -81,14 +85,16 @@ class LLMEngine:
         fit = bm.num_blocks // per_request
         log.info("loaded %s (%s, %d layers, %s) in %.1fs", c.model, self.spec.model_type, self.spec.num_layers,
                  c.dtype, load_s)
-        log.info("KV cache: %d tokens = %d blocks x %d tokens (%.1f MiB; from %s); %d max-length (%d-token) "
-                 "requests fit", capacity, bm.num_blocks, bm.block_size, self.runner.kv_cache_bytes / 2**20, source,
-                 fit, self.max_seq_len)
+        log.info("KV cache: %d tokens = %d blocks x %d tokens (%s, %.1f MiB; from %s); %d max-length (%d-token) "
+                 "requests fit", capacity, bm.num_blocks, bm.block_size, str(self.kv_dtype).removeprefix("torch."),
+                 self.runner.kv_cache_bytes / 2**20, source, fit, self.max_seq_len)
         log.info("scheduler: %s, batching=%s, max_batch_size=%d, max_num_tokens=%d, chunked_context=%s, "
                  "kv_cache_reuse=%s, threads=%d", c.batch_scheduler_policy, c.batching_strategy, c.max_batch_size,
                  c.max_num_tokens, c.enable_chunked_context, c.enable_kv_cache_reuse, torch.get_num_threads())
         for note in self.placement_notes:
             log.info("placement: %s", note)
+        log.info("decode attention: %s", "CPU paged kernel, reads the cache in place" if self.runner.use_paged_kernel
+                 else "torch (gathers each context; no CPU extension for this dtype or host)")
         if c.batch_scheduler_policy == "guaranteed_no_evict" and fit < 2:
             log.warning("guaranteed_no_evict reserves prompt + max_tokens per request and the KV budget holds fewer "
                         "than 2 max-length requests: raise max_tokens_in_paged_kv_cache or use max_utilization")

@@ -7,10 +7,11 @@ import psutil
 import torch
 
 from backend.config import EngineConfig
-from backend.models.attention import AttentionMetadata, PrefillChunk
+from backend.models.attention import AttentionMetadata, DecodeBatch, PrefillChunk
 from backend.models.spec import ModelSpec
 from backend.sampler import sample
 from backend.scheduler import ScheduledBatch
+from kernels import cpu_attention
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,9 @@ class ModelRunner:
         self.v_cache = torch.zeros(shape, dtype=dtype)
         for i, layer in enumerate(model.model.layers):
             layer.self_attn.k_cache, layer.self_attn.v_cache = self.k_cache[i], self.v_cache[i]
+            layer.self_attn.block_size = self.block_size
+        # Decode attention reads the cache in place when the CPU extension is built; torch gathers otherwise.
+        self.use_paged_kernel = dtype in (torch.float32, torch.bfloat16) and cpu_attention.available()
         self.kv_cache_bytes = 2 * self.k_cache.numel() * self.k_cache.element_size()
 
     def _slots(self, block_table: list[int], start: int, end: int) -> torch.Tensor:
@@ -51,7 +55,7 @@ class ModelRunner:
 
     def prepare(self, batch: ScheduledBatch):
         input_ids, positions, slot_mapping = [], [], []
-        decode_rows, decode_slots, prefills, logits_rows, sample_seqs = [], [], [], [], []
+        decode_rows, decode_seqs, prefills, logits_rows, sample_seqs = [], [], [], [], []
         row = 0
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
@@ -60,7 +64,7 @@ class ModelRunner:
             slot_mapping.append(self._slots(seq.block_table, start, end))
             if n == 1 and start > 0:
                 decode_rows.append(row)
-                decode_slots.append(self._slots(seq.block_table, 0, end))
+                decode_seqs.append(seq)
             else:
                 prefills.append(PrefillChunk(row, n, self._slots(seq.block_table, 0, end)))
             row += n
@@ -69,15 +73,21 @@ class ModelRunner:
                 sample_seqs.append(seq)
         meta = AttentionMetadata(slot_mapping=torch.cat(slot_mapping), prefills=prefills)
         if decode_rows:
-            longest = max(s.shape[0] for s in decode_slots)
-            slots = torch.zeros(len(decode_slots), longest, dtype=torch.long)
-            mask = torch.zeros(len(decode_slots), 1, 1, longest, dtype=torch.bool)
-            for i, s in enumerate(decode_slots):
-                slots[i, :s.shape[0]] = s
-                mask[i, ..., :s.shape[0]] = True
-            meta.decode_rows, meta.decode_slots, meta.decode_mask = torch.tensor(decode_rows), slots, mask
+            meta.decode = self._decode_batch(decode_rows, decode_seqs)
         return (torch.tensor(input_ids, dtype=torch.long), torch.cat(positions), meta,
                 torch.tensor(logits_rows, dtype=torch.long), sample_seqs)
+
+    def _decode_batch(self, rows: list[int], seqs) -> DecodeBatch:
+        lens = [seq.num_computed_tokens + 1 for seq in seqs]
+        width = max(len(seq.block_table) for seq in seqs)
+        tables = torch.tensor([seq.block_table + [0] * (width - len(seq.block_table)) for seq in seqs], dtype=torch.int32)
+        d = DecodeBatch(torch.tensor(rows), tables, torch.tensor(lens, dtype=torch.int32), self.use_paged_kernel)
+        if not d.use_kernel:
+            pos = torch.arange(max(lens))                                       # [L]
+            blocks = tables.long().gather(1, (pos // self.block_size).expand(len(seqs), -1).clamp(max=width - 1))
+            d.slots = blocks * self.block_size + pos % self.block_size           # [B_d, L]
+            d.mask = (pos[None, :] < d.context_lens[:, None])[:, None, None, :]  # [B_d, 1, 1, L]
+        return d
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch):

@@ -81,7 +81,8 @@ def test_long_prompt_without_chunking_is_rejected(tiny_model):
 
 @pytest.mark.parametrize("key,value", [("no_such_key", 1), ("batch_scheduler_policy", "fastest"),
                                        ("max_tokens_in_paged_kv_cache", "lots"), ("tokens_per_block", 0),
-                                       ("kv_cache_free_mem_fraction", 1.5)])
+                                       ("kv_cache_free_mem_fraction", 1.5), ("dense_dtype", "int3"),
+                                       ("kv_cache_dtype", "fp8")])
 def test_bad_config_names_the_key(tiny_model, key, value):
     with pytest.raises(ConfigError) as e:
         LLMEngine.from_pretrained(tiny_model("mixtral"), **{key: value})

@@ -111,3 +111,20 @@ def test_failed_build_leaves_no_model_and_no_temp_folder(tmp_path, monkeypatch):
         ensure_default_model(out)
     assert not out.exists()
     assert [p.name for p in out.parent.iterdir()] == [".m.lock"]
+
+
+def test_default_settings_are_batch_invariant(model_dir):
+    """With the serving defaults (bf16 dense linears and KV on the CPU extension, int8 experts), a request's
+    greedy tokens do not depend on what else is in its batch: every kernel sums in a fixed order."""
+    from backend import LLMEngine, SamplingParams
+
+    engine = LLMEngine.from_pretrained(model_dir, max_tokens_in_paged_kv_cache=8192, warmup=False)
+    assert any("dense linears: bf16" in note for note in engine.placement_notes), engine.placement_notes
+    assert engine.kv_dtype == torch.bfloat16 and engine.runner.use_paged_kernel
+    prompts = ["The capital of France is", "Write a haiku about the sea.", "1, 2, 3, 4,"] + [
+        f"Tell me about the number {i}." for i in range(9)]
+    greedy = SamplingParams(max_tokens=40, ignore_eos=True)
+    together = [r.token_ids for r in engine.generate(prompts, greedy)]
+    alone = [engine.generate(p, greedy)[0].token_ids for p in prompts]
+    assert together == alone
+    assert engine.stats().kv_blocks_used == 0

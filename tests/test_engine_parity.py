@@ -100,3 +100,27 @@ def test_scheduling_modes_keep_greedy_tokens(tiny_model, settings):
         assert [r.token_ids for r in engine.generate(prompts(), greedy)] == ref
         assert engine.stats().prefix_cache_hits > 0
     assert engine.stats().kv_blocks_used == 0
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe"])
+def test_torch_decode_attention_matches_too(tiny_model, family):
+    """Without the CPU extension, decode attention gathers the context in torch: the same tokens."""
+    model_dir = tiny_model(family)
+    engine = LLMEngine.from_pretrained(model_dir, max_tokens_in_paged_kv_cache=4096, tokens_per_block=BLOCK,
+                                       warmup=False, expert_dtype="fp32")
+    assert engine.runner.use_paged_kernel, "the CPU extension should be built here (python -m kernels.build)"
+    engine.runner.use_paged_kernel = False
+    out = engine.generate(prompts(), SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True))
+    assert [r.token_ids for r in out] == hf_greedy(model_dir, prompts())
+    assert engine.stats().kv_blocks_used == 0
+
+
+def test_bf16_dense_linears_keep_requests_batch_invariant(tiny_model):
+    """dense_dtype=bf16 (the default for bf16 checkpoints) on a tiny model: tokens alone == tokens batched."""
+    engine = LLMEngine.from_pretrained(tiny_model("qwen2_moe"), max_tokens_in_paged_kv_cache=4096, tokens_per_block=BLOCK,
+                                       warmup=False, dense_dtype="bf16")
+    assert engine.kv_dtype == torch.bfloat16
+    greedy = SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True)
+    together = [r.token_ids for r in engine.generate(prompts(), greedy)]
+    assert together == [engine.generate(p, greedy)[0].token_ids for p in prompts()]
+    assert engine.stats().kv_blocks_used == 0

@@ -14,6 +14,7 @@ from torch import nn
 
 from backend.models.layers import RMSNorm, apply_rotary
 from backend.models.spec import ModelSpec
+from kernels.cpu_attention import paged_attention_decode
 
 
 @dataclass
@@ -24,11 +25,19 @@ class PrefillChunk:
 
 
 @dataclass
+class DecodeBatch:
+    rows: torch.Tensor                         # [B_d] rows of decode tokens in N
+    block_tables: torch.Tensor                 # [B_d, max_blocks] int32, padded with 0
+    context_lens: torch.Tensor                 # [B_d] int32, the new token included
+    use_kernel: bool                           # the CPU paged kernel reads the cache in place
+    slots: torch.Tensor | None = None          # [B_d, L] context slots, padded with 0 (torch path only)
+    mask: torch.Tensor | None = None           # [B_d, 1, 1, L] True where the slot is real (torch path only)
+
+
+@dataclass
 class AttentionMetadata:
     slot_mapping: torch.Tensor                 # [N] where each new token's K/V go
-    decode_rows: torch.Tensor | None = None    # [B_d] rows of decode tokens in N
-    decode_slots: torch.Tensor | None = None   # [B_d, L] context slots, padded with 0
-    decode_mask: torch.Tensor | None = None    # [B_d, 1, 1, L] True where the slot is real
+    decode: DecodeBatch | None = None
     prefills: list[PrefillChunk] = field(default_factory=list)
 
 
@@ -46,7 +55,8 @@ class Attention(nn.Module):
         elif spec.qk_norm == "full":
             self.q_norm, self.k_norm = RMSNorm(hq * d, spec.rms_norm_eps), RMSNorm(hkv * d, spec.rms_norm_eps)
         self.scale = d ** -0.5
-        self.k_cache = self.v_cache = None     # bound by the model runner
+        self.k_cache = self.v_cache = None     # [slots, Hkv, D], bound by the model runner
+        self.block_size = None                 # tokens per cache block, set with the cache
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         s = self.spec
@@ -65,15 +75,12 @@ class Attention(nn.Module):
 
         self.k_cache[meta.slot_mapping] = k.to(self.k_cache.dtype)
         self.v_cache[meta.slot_mapping] = v.to(self.v_cache.dtype)
+        if self.k_cache.dtype != k.dtype:   # a whole-prompt prefill sees K/V as rounded in the cache, like every later step
+            k, v = k.to(self.k_cache.dtype).to(k.dtype), v.to(self.v_cache.dtype).to(v.dtype)
 
         out = torch.empty_like(q)                                       # [N, Hq, D]
-        if meta.decode_rows is not None:
-            qd = q[meta.decode_rows].unsqueeze(2)                       # [B_d, Hq, 1, D]
-            kd = self.k_cache[meta.decode_slots].transpose(1, 2).to(q.dtype)   # [B_d, Hkv, L, D]
-            vd = self.v_cache[meta.decode_slots].transpose(1, 2).to(q.dtype)
-            od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, scale=self.scale,
-                                                enable_gqa=True)         # [B_d, Hq, 1, D]
-            out[meta.decode_rows] = od.squeeze(2)
+        if meta.decode is not None:
+            out[meta.decode.rows] = self._decode(q[meta.decode.rows], meta.decode)
         for p in meta.prefills:
             rows = slice(p.start, p.start + p.num_new)
             qp = q[rows].transpose(0, 1).unsqueeze(0)                   # [1, Hq, q, D]
@@ -90,3 +97,15 @@ class Attention(nn.Module):
                 op = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, scale=self.scale, enable_gqa=True)
             out[rows] = op.squeeze(0).transpose(0, 1)
         return self.o_proj(out.reshape(n, -1))
+
+    def _decode(self, q: torch.Tensor, d: DecodeBatch) -> torch.Tensor:
+        """q [B_d, Hq, D] -> [B_d, Hq, D]: one new token per request against its cached context."""
+        if d.use_kernel:
+            shape = (-1, self.block_size, *self.k_cache.shape[1:])        # [num_blocks, S, Hkv, D]
+            return paged_attention_decode(q, self.k_cache.view(shape), self.v_cache.view(shape), d.block_tables,
+                                          d.context_lens, self.scale)
+        kd = self.k_cache[d.slots].transpose(1, 2).to(q.dtype)          # [B_d, Hkv, L, D]
+        vd = self.v_cache[d.slots].transpose(1, 2).to(q.dtype)
+        od = F.scaled_dot_product_attention(q.unsqueeze(2), kd, vd, attn_mask=d.mask, scale=self.scale,
+                                            enable_gqa=True)             # [B_d, Hq, 1, D]
+        return od.squeeze(2)

@@ -1,5 +1,6 @@
 """Applies the YAML placement rules (kernels/placement.py) to a loaded model: every routed-experts
-module gets the operator its rule names (fused CPU kernel, torch, Triton), packed once at load time.
+module gets the operator its rule names (fused CPU kernel, torch, Triton), packed once at load time;
+and the dense linear layers get their weight dtype (`dense_dtype`).
 
 Only the routed experts move today; other modules run on the CPU with torch, and a rule that asks
 for another device for them is reported in the start-up log rather than silently ignored.
@@ -7,6 +8,7 @@ for another device for them is reported in the start-up log rather than silently
 import logging
 from collections import Counter
 
+import torch
 from torch import nn
 
 from backend.errors import ConfigError
@@ -50,3 +52,42 @@ def place_experts(model: nn.Module, placement_path: str | None, expert_dtype: st
     if chosen:
         notes.insert(0, f"CPU: {describe_cpu()}")
     return notes
+
+
+# Routers stay in fp32: their logits pick the experts, and they are tiny.
+ROUTERS = ("mlp.gate", "shared_expert_gate")
+
+
+def place_dense(model: nn.Module, dense_dtype: str, activation_dtype: torch.dtype, checkpoint_dtype) -> tuple[str, bool]:
+    """Run the dense linears (attention, dense and shared-expert MLPs, lm_head) on the CPU extension with bf16
+    weights and fp32 arithmetic when asked, or with 'auto' when the checkpoint is bf16 (so nothing is rounded
+    that the checkpoint did not round) and the extension runs AVX-512 tiles here (the portable ones would be
+    slower than torch's fp32); routers then run there too, in fp32. Every row's result is then independent
+    of its batch (kernels/cpu_linear.py). Returns the log line and whether the linears hold bf16 weights."""
+    from kernels import build
+    from kernels.cpu_linear import CpuLinear
+    from kernels.cpu_moe import best_variant
+
+    if activation_dtype != torch.float32:
+        return f"dense linears: {activation_dtype} like the activations (dtype)", activation_dtype == torch.bfloat16
+    checkpoint = str(checkpoint_dtype).removeprefix("torch.")
+    best = best_variant()
+    fast = best is not None and build.load_variant(best).tiles == "avx512"
+    if dense_dtype == "auto":
+        use_bf16 = checkpoint == "bfloat16" and fast
+        why = f"auto: checkpoint {checkpoint}, {'AVX-512' if fast else 'no AVX-512'} tiles for this CPU"
+    else:
+        use_bf16, why = dense_dtype == "bf16", f"dense_dtype={dense_dtype}"
+        if use_bf16 and best is None:
+            raise ConfigError("dense_dtype", "bf16 needs the CPU extension (python -m kernels.build); use fp32 or auto")
+    if not use_bf16:
+        return f"dense linears: fp32, torch ({why})", False
+    converted = 0
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if isinstance(child, nn.Linear):
+                setattr(module, child_name, CpuLinear.from_linear(child, "fp32" if full.endswith(ROUTERS) else "bf16"))
+                converted += 1
+    return (f"dense linears: bf16 weights x fp32 activations (fp32 arithmetic), CPU extension, batch-invariant "
+            f"({converted} layers incl. fp32 routers; {why})"), True

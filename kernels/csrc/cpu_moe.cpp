@@ -13,6 +13,9 @@
 #include <pybind11/pybind11.h>
 #include <ATen/Parallel.h>
 
+#include "fast_exp.h"
+#include "paged_attention.h"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -42,6 +45,8 @@ Tiles tiles_for(WeightType wt) {
   switch (wt) {
     case WeightType::fp32: return {{tile_fp32<8>, tile_fp32<4>, tile_fp32<2>, tile_fp32<1>}, {8, 4, 2, 1}, 4};
     case WeightType::bf16: return {{tile_bf16<8>, tile_bf16<4>, tile_bf16<2>, tile_bf16<1>}, {8, 4, 2, 1}, 4};
+    case WeightType::bf16_fp32act:
+      return {{tile_bf16<8, true>, tile_bf16<4, true>, tile_bf16<2, true>, tile_bf16<1, true>}, {8, 4, 2, 1}, 4};
     case WeightType::int8: return {{tile_int8<4>, tile_int8<2>, tile_int8<1>, nullptr}, {4, 2, 1, 0}, 3};
     case WeightType::int4: return {{tile_int4<4>, tile_int4<2>, tile_int4<1>, nullptr}, {4, 2, 1, 0}, 3};
   }
@@ -60,7 +65,8 @@ struct Matrix {          // one projection of every expert, packed
   int64_t block_bytes() const {
     switch (wt) {
       case WeightType::fp32: return kp * kRows * 4;
-      case WeightType::bf16: return kp * kRows * 2;
+      case WeightType::bf16:
+      case WeightType::bf16_fp32act: return kp * kRows * 2;
       case WeightType::int8: return kp * kRows;
       case WeightType::int4: return kp * kRows / 2;
     }
@@ -98,20 +104,9 @@ template <class F> void run_tasks(int64_t n, const F& fn) {
   });
 }
 
-inline float fast_exp(float x) {   // 2^n * exp(f ln2) with a degree-6 Taylor: rel. error < 2e-7
-  x = std::min(std::max(x, -87.0f), 88.0f);
-  const float t = x * 1.44269504f;
-  const float n = (t + 12582912.0f) - 12582912.0f;   // round to nearest
-  const float y = (t - n) * 0.693147181f;
-  const float p = 1.0f + y * (1.0f + y * (0.5f + y * (1.0f / 6 + y * (1.0f / 24 + y * (1.0f / 120 + y * (1.0f / 720))))));
-  const int32_t bits = (int32_t(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, 4);
-  return p * scale;
-}
-
 void quantize_rows(WeightType wt, int group, const float* src, int64_t rows, int64_t k, int64_t kp, ActBuffer& buf) {
-  const int64_t bytes = wt == WeightType::fp32 ? 4 : wt == WeightType::int4 ? 1 : 2;
+  const bool f32 = wt == WeightType::fp32 || wt == WeightType::bf16_fp32act;   // rows copied as they are
+  const int64_t bytes = f32 ? 4 : wt == WeightType::int4 ? 1 : 2;
   buf.row_bytes = kp * bytes;
   buf.groups = wt == WeightType::int4 ? kp / group : 1;
   buf.q.assign(rows * buf.row_bytes, 0);
@@ -121,7 +116,7 @@ void quantize_rows(WeightType wt, int group, const float* src, int64_t rows, int
     for (int64_t r = r0; r < r1; r++) {
       const float* a = src + r * k;
       uint8_t* dst = buf.q.data() + r * buf.row_bytes;
-      if (wt == WeightType::fp32) {
+      if (f32) {
         std::memcpy(dst, a, k * 4);
       } else if (wt == WeightType::bf16) {
         uint16_t* d = reinterpret_cast<uint16_t*>(dst);
@@ -262,10 +257,43 @@ void moe_forward(int weight_type, int group, int64_t T, int64_t K, int64_t E, in
   });
 }
 
+// A dense linear layer out [T, N] = x [T, K] @ W^T over one packed matrix W [Np, Kp] (the experts' layout, E = 1).
+// Task = kLinearPairs block pairs (columns) for every token; each output element is one tile dot product in a
+// fixed k order, so a row's result does not depend on the other rows in the batch or on the thread count.
+void linear_forward(int weight_type, int group, int64_t T, int64_t N, int64_t K, int64_t Np, int64_t Kp,
+                    uintptr_t x_ptr, uintptr_t out_ptr, uintptr_t w_q, uintptr_t w_scale) {
+  constexpr int64_t kLinearPairs = 4;   // 128 output columns per task
+  const auto wt = static_cast<WeightType>(weight_type);
+  const float* x = reinterpret_cast<const float*>(x_ptr);              // [T, K]
+  float* out = reinterpret_cast<float*>(out_ptr);                      // [T, N]
+  const Matrix w{wt, reinterpret_cast<const uint8_t*>(w_q), reinterpret_cast<const uint8_t*>(w_scale), Np, Kp, group};
+  const Tiles tiles = tiles_for(wt);
+  ActBuffer xq;
+  quantize_rows(wt, group, x, T, K, Kp, xq);                           // [T, Kp]
+  const int64_t pairs = Np / (kRB * kRows);
+  run_tasks((pairs + kLinearPairs - 1) / kLinearPairs, [&](int64_t i) {
+    float tile_out[kMaxTM * kRB * kRows];
+    ActRow rows[kMaxTM];
+    for (int64_t p = i * kLinearPairs; p < std::min(pairs, (i + 1) * kLinearPairs); p++) {
+      const WeightBlock wb[kRB] = {w.block(0, kRB * p), w.block(0, kRB * p + 1)};
+      const int64_t c0 = p * kRB * kRows, cols = std::min<int64_t>(kRB * kRows, N - c0);
+      for_each_tile(tiles, T, [&](int64_t first, int j) {
+        const int tm = tiles.tm[j];
+        for (int t = 0; t < tm; t++) rows[t] = xq.row(first + t);
+        tiles.fn[j](wb, rows, Kp, group, tile_out);
+        for (int t = 0; t < tm; t++) std::memcpy(out + (first + t) * N + c0, tile_out + t * kRB * kRows, cols * 4);
+      });
+    }
+  });
+}
+
 }  // namespace cpu_moe
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "Fused CPU MoE (routed experts): see kernels/cpu_moe.py";
+  m.doc() = "Fused CPU MoE, dense linear and paged-attention decode: see kernels/cpu_moe.py, cpu_linear.py, cpu_attention.py";
   m.attr("tiles") = CPU_MOE_TILES;
   m.def("moe_forward", &cpu_moe::moe_forward, pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("linear_forward", &cpu_moe::linear_forward, pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("paged_attention_decode", &cpu_attention::paged_attention_decode,
+        pybind11::call_guard<pybind11::gil_scoped_release>());
 }

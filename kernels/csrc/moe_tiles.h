@@ -19,7 +19,8 @@
 
 namespace cpu_moe {
 
-enum class WeightType : int { fp32 = 0, bf16 = 1, int8 = 2, int4 = 3 };
+// bf16_fp32act: bf16 weights times fp32 activations (dense linears: fp32 arithmetic on exact bf16 checkpoints).
+enum class WeightType : int { fp32 = 0, bf16 = 1, int8 = 2, int4 = 3, bf16_fp32act = 4 };
 
 constexpr int kRows = 16;   // rows per packed block
 constexpr int kRB = 2;      // blocks per tile: gate + up in the first GEMM, two H blocks in the second

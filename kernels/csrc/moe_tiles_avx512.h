@@ -42,7 +42,8 @@ inline void tile_fp32(const WeightBlock* wb, const ActRow* a, int64_t Kp, int, f
   store_tile<TM>(acc, out);
 }
 
-template <int TM>
+// kFp32Act: activations stay fp32 (bf16 weights widened in registers, FMA): exact fp32 math on bf16 weights.
+template <int TM, bool kFp32Act = false>
 inline void tile_bf16(const WeightBlock* wb, const ActRow* a, int64_t Kp, int, float* out) {
   const uint16_t* w0 = static_cast<const uint16_t*>(wb[0].q);   // [Kp/2][16][2]
   const uint16_t* w1 = static_cast<const uint16_t*>(wb[1].q);
@@ -53,24 +54,32 @@ inline void tile_bf16(const WeightBlock* wb, const ActRow* a, int64_t Kp, int, f
     _mm_prefetch(reinterpret_cast<const char*>(w1 + k * kRows) + kPrefetchBf16, _MM_HINT_T0);
     const __m512i v0 = _mm512_loadu_si512(w0 + k * kRows), v1 = _mm512_loadu_si512(w1 + k * kRows);
 #ifdef __AVX512BF16__
-    for (int t = 0; t < TM; t++) {
-      const __m512i av = _mm512_set1_epi32(load_i32(static_cast<const uint16_t*>(a[t].q) + k));
-      acc[t][0] = _mm512_dpbf16_ps(acc[t][0], (__m512bh)v0, (__m512bh)av);
-      acc[t][1] = _mm512_dpbf16_ps(acc[t][1], (__m512bh)v1, (__m512bh)av);
+    if constexpr (!kFp32Act) {
+      for (int t = 0; t < TM; t++) {
+        const __m512i av = _mm512_set1_epi32(load_i32(static_cast<const uint16_t*>(a[t].q) + k));
+        acc[t][0] = _mm512_dpbf16_ps(acc[t][0], (__m512bh)v0, (__m512bh)av);
+        acc[t][1] = _mm512_dpbf16_ps(acc[t][1], (__m512bh)v1, (__m512bh)av);
+      }
+      continue;
     }
-#else
+#endif
     const __m512i hi_mask = _mm512_set1_epi32(int32_t(0xFFFF0000u));
     const __m512 e0 = _mm512_castsi512_ps(_mm512_slli_epi32(v0, 16));   // even k of each pair
     const __m512 o0 = _mm512_castsi512_ps(_mm512_and_si512(v0, hi_mask));
     const __m512 e1 = _mm512_castsi512_ps(_mm512_slli_epi32(v1, 16));
     const __m512 o1 = _mm512_castsi512_ps(_mm512_and_si512(v1, hi_mask));
     for (int t = 0; t < TM; t++) {
-      const uint16_t* ap = static_cast<const uint16_t*>(a[t].q) + k;
-      const __m512 ae = _mm512_set1_ps(bf16_to_float(ap[0])), ao = _mm512_set1_ps(bf16_to_float(ap[1]));
+      __m512 ae, ao;
+      if constexpr (kFp32Act) {
+        const float* ap = static_cast<const float*>(a[t].q) + k;
+        ae = _mm512_set1_ps(ap[0]), ao = _mm512_set1_ps(ap[1]);
+      } else {
+        const uint16_t* ap = static_cast<const uint16_t*>(a[t].q) + k;
+        ae = _mm512_set1_ps(bf16_to_float(ap[0])), ao = _mm512_set1_ps(bf16_to_float(ap[1]));
+      }
       acc[t][0] = _mm512_fmadd_ps(o0, ao, _mm512_fmadd_ps(e0, ae, acc[t][0]));
       acc[t][1] = _mm512_fmadd_ps(o1, ao, _mm512_fmadd_ps(e1, ae, acc[t][1]));
     }
-#endif
   }
   store_tile<TM>(acc, out);
 }

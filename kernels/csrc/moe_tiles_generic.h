@@ -23,15 +23,20 @@ inline void tile_fp32(const WeightBlock* wb, const ActRow* a, int64_t Kp, int, f
   }
 }
 
-template <int TM>
+template <int TM, bool kFp32Act = false>   // kFp32Act: fp32 activations (see moe_tiles_avx512.h)
 inline void tile_bf16(const WeightBlock* wb, const ActRow* a, int64_t Kp, int, float* out) {
   for (int rb = 0; rb < kRB; rb++) {
     const uint16_t* w = static_cast<const uint16_t*>(wb[rb].q);         // [Kp/2][16][2]
     float acc[TM][kRows] = {};
     for (int64_t k = 0; k < Kp; k += 2)
       for (int t = 0; t < TM; t++) {
-        const uint16_t* ap = static_cast<const uint16_t*>(a[t].q) + k;
-        const float a0 = bf16_to_float(ap[0]), a1 = bf16_to_float(ap[1]);
+        float a0, a1;
+        if constexpr (kFp32Act) {
+          a0 = static_cast<const float*>(a[t].q)[k], a1 = static_cast<const float*>(a[t].q)[k + 1];
+        } else {
+          const uint16_t* ap = static_cast<const uint16_t*>(a[t].q) + k;
+          a0 = bf16_to_float(ap[0]), a1 = bf16_to_float(ap[1]);
+        }
         for (int r = 0; r < kRows; r++)
           acc[t][r] += bf16_to_float(w[k * kRows + 2 * r]) * a0 + bf16_to_float(w[k * kRows + 2 * r + 1]) * a1;
       }

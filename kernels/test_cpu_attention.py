@@ -1,0 +1,65 @@
+"""CPU paged-attention decode (every extension variant this CPU runs) against the torch reference."""
+import pytest
+import torch
+
+from kernels.cpu_attention import paged_attention_decode
+from kernels.cpu_features import supported_variants
+from kernels.paged_attention_reference import paged_attention_reference
+
+VARIANTS = [v.name for v in supported_variants()]
+TOL = {torch.float32: 2e-6, torch.bfloat16: 2e-6}   # the cache dtype only changes the stored values, math is fp32
+
+
+def make_case(B, Hq, Hkv, D, S, lens, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    max_blocks = max(1, max(-(-L // S) for L in lens))
+    num_blocks = B * max_blocks + 3
+    q = torch.randn(B, Hq, D, generator=g)
+    k_cache = torch.randn(num_blocks, S, Hkv, D, generator=g).to(dtype)
+    v_cache = torch.randn(num_blocks, S, Hkv, D, generator=g).to(dtype)
+    tables = torch.randperm(num_blocks, generator=g)[:B * max_blocks].reshape(B, max_blocks).int()   # scattered blocks
+    return q, k_cache, v_cache, tables, torch.tensor(lens, dtype=torch.int32)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B,Hq,Hkv,D,S,lens", [
+    (1, 4, 4, 16, 16, [1]),                       # first decode token, no GQA
+    (3, 9, 3, 64, 16, [15, 16, 17]),              # around a block boundary, G = 3
+    (4, 8, 1, 32, 5, [0, 7, 40, 123]),            # empty context, MQA, block size not a power of two
+    (2, 16, 4, 128, 32, [300, 1000]),             # long contexts, D = 128
+])
+def test_matches_reference(variant, dtype, B, Hq, Hkv, D, S, lens):
+    q, kc, vc, tables, context_lens = make_case(B, Hq, Hkv, D, S, lens, dtype)
+    out = paged_attention_decode(q, kc, vc, tables, context_lens, D ** -0.5, variant=variant)
+    ref = paged_attention_reference(q, kc, vc, tables, context_lens, D ** -0.5)
+    assert out.shape == (B, Hq, D) and out.dtype == q.dtype
+    torch.testing.assert_close(out, ref, atol=TOL[dtype], rtol=1e-5)
+    if 0 in lens:
+        assert torch.all(out[lens.index(0)] == 0)
+
+
+def test_a_sequence_does_not_depend_on_the_batch_or_threads():
+    q, kc, vc, tables, lens = make_case(5, 8, 2, 64, 16, [3, 50, 17, 64, 99], torch.float32, seed=1)
+    full = paged_attention_decode(q, kc, vc, tables, lens, 0.125)
+    alone = paged_attention_decode(q[2:3], kc, vc, tables[2:3], lens[2:3], 0.125)
+    assert torch.equal(full[2:3], alone)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = paged_attention_decode(q, kc, vc, tables, lens, 0.125)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(full, one)
+
+
+def test_bad_shapes_are_named():
+    q, kc, vc, tables, lens = make_case(2, 8, 2, 64, 16, [3, 5], torch.float32)
+    with pytest.raises(ValueError, match="does not fit"):
+        paged_attention_decode(q[..., :32], kc, vc, tables, lens, 0.125)
+    with pytest.raises(ValueError, match="int32"):
+        paged_attention_decode(q, kc, vc, tables.long(), lens, 0.125)
+    with pytest.raises(ValueError, match="B=2"):
+        paged_attention_decode(q, kc, vc, tables, lens[:1], 0.125)
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        paged_attention_decode(q, kc.half(), vc.half(), tables, lens, 0.125)
