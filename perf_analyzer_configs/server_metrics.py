@@ -16,7 +16,7 @@ def metric(samples: dict, name: str, **labels) -> float:
     wanted = set(labels.items())
     matches = [v for key, v in samples.get(name, {}).items() if wanted <= key]
     if len(matches) != 1:
-        raise KeyError(f"{name}{labels}: {len(matches)} samples")
+        raise KeyError(f"{name}{labels}: {len(matches)} samples in {samples.get(name)}")
     return matches[0]
 
 

@@ -2,28 +2,16 @@
 import queue
 import time
 
-import requests
 import tritonclient.grpc as grpcclient
-from prometheus_client.parser import text_string_to_metric_families
 
 from client.generate import grpc_inputs
+from perf_analyzer_configs.server_metrics import metric  # noqa: F401  (re-exported for the tests)
+from perf_analyzer_configs.server_metrics import scrape as scrape_url
 
 
 def scrape(server) -> dict[str, dict[frozenset, float]]:
     """sample name -> {labels: value}; parsing the whole page also checks it is valid Prometheus text."""
-    samples: dict[str, dict[frozenset, float]] = {}
-    for family in text_string_to_metric_families(requests.get(server.metrics_url, timeout=5).text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, {})[frozenset(sample.labels.items())] = sample.value
-    return samples
-
-
-def metric(samples: dict, name: str, **labels) -> float:
-    """The one sample of `name` whose labels include `labels` (model/version included implicitly)."""
-    wanted = set(labels.items())
-    matches = [v for key, v in samples.get(name, {}).items() if wanted <= key]
-    assert len(matches) == 1, f"{name}{labels}: {len(matches)} samples in {samples.get(name)}"
-    return matches[0]
+    return scrape_url(server.metrics_url)
 
 
 def gauge(server, family: str, kind: str) -> float:

@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from backend.serve import TritonServer
+from tests.e2e.conftest import running_server
 
 LOAD_MODEL = dict(model_type="mixtral", max_position_embeddings=4096)
 KV_TOKENS = 4096
@@ -62,24 +62,16 @@ def tokenizer(load_model_dir):
     return AutoTokenizer.from_pretrained(load_model_dir)
 
 
-def _running(model_dir, params):
-    server = TritonServer(model_dir, params, exit_timeout_s=3).start()
-    yield server
-    tail = server.log_tail(40)
-    server.stop()
-    print(f"\n--- tritonserver log tail ({params}) ---\n{tail}")
-
-
 @pytest.fixture(scope="session")
 def no_evict_server(load_model_dir):
-    yield from _running(load_model_dir, NO_EVICT)
+    yield from running_server(load_model_dir, NO_EVICT)
 
 
 @pytest.fixture(scope="session")
 def max_util_server(load_model_dir):
-    yield from _running(load_model_dir, MAX_UTIL)
+    yield from running_server(load_model_dir, MAX_UTIL)
 
 
 @pytest.fixture(scope="session")
 def static_server(load_model_dir):
-    yield from _running(load_model_dir, STATIC)
+    yield from running_server(load_model_dir, STATIC)

@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from tests.load.conftest import LOAD_MODEL, NO_EVICT, _running, printable_copy
+from tests.e2e.conftest import running_server
+from tests.load.conftest import LOAD_MODEL, NO_EVICT, printable_copy
 from tests.load.load_helpers import TimedStream, wait_idle, wait_until
 
 TOKENS = 256
@@ -33,7 +34,7 @@ def slow_step_server(tiny_model):
     arrival and its first token measures scheduling, not the gRPC/stub request path (~5-15 ms here)."""
     model = printable_copy(tiny_model(**LOAD_MODEL, hidden_size=512, intermediate_size=2048, num_hidden_layers=8,
                                       num_attention_heads=8, num_key_value_heads=4))
-    yield from _running(model, NO_EVICT)
+    yield from running_server(model, NO_EVICT)
 
 
 def test_short_request_behind_long_ones_gets_its_first_token_within_a_few_steps(slow_step_server):
