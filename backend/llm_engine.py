@@ -13,7 +13,7 @@ from backend.detokenizer import IncrementalDetokenizer
 from backend.errors import InvalidRequest
 from backend.model_runner import ModelRunner, kv_cache_num_blocks
 from backend.models.loader import build_model
-from backend.models.placement import place_dense, place_experts
+from backend.models.placement import place_dense, place_experts, place_threads
 from backend.outputs import EngineStats, GenerationResult, RequestOutput
 from backend.sampling_params import SamplingParams
 from backend.scheduler import ScheduledBatch, Scheduler
@@ -29,12 +29,12 @@ class LLMEngine:
 
         t0 = time.monotonic()
         self.config = config
-        if config.num_threads:
-            torch.set_num_threads(config.num_threads)
         self.dtype = DTYPES[config.dtype]
         self.model, self.spec, self.hf_config = build_model(config.model, self.dtype)
         self.placement_notes = place_experts(self.model, config.placement, config.expert_dtype)
         note, dense_bf16 = place_dense(self.model, config.dense_dtype, self.dtype, getattr(self.hf_config, "dtype", None))
+        self.placement_notes.append(note)
+        threads, note = place_threads(self.model, config.num_threads or torch.get_num_threads())
         self.placement_notes.append(note)
         self.kv_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(
             config.kv_cache_dtype, torch.bfloat16 if dense_bf16 else self.dtype)
@@ -49,7 +49,7 @@ class LLMEngine:
         num_blocks, source = kv_cache_num_blocks(config, self.spec, self.kv_dtype, self.max_seq_len)
         self.block_manager = BlockManager(num_blocks, config.tokens_per_block, config.enable_kv_cache_reuse)
         self.scheduler = Scheduler(config, self.block_manager)
-        self.runner = ModelRunner(config, self.model, self.spec, num_blocks, self.kv_dtype)
+        self.runner = ModelRunner(config, self.model, self.spec, num_blocks, self.kv_dtype, threads)
         self.sequences: dict[str, Sequence] = {}
         self._aborted: list[Sequence] = []
         self._last = ScheduledBatch()
@@ -89,8 +89,8 @@ class LLMEngine:
                  "requests fit", capacity, bm.num_blocks, bm.block_size, str(self.kv_dtype).removeprefix("torch."),
                  self.runner.kv_cache_bytes / 2**20, source, fit, self.max_seq_len)
         log.info("scheduler: %s, batching=%s, max_batch_size=%d, max_num_tokens=%d, chunked_context=%s, "
-                 "kv_cache_reuse=%s, threads=%d", c.batch_scheduler_policy, c.batching_strategy, c.max_batch_size,
-                 c.max_num_tokens, c.enable_chunked_context, c.enable_kv_cache_reuse, torch.get_num_threads())
+                 "kv_cache_reuse=%s", c.batch_scheduler_policy, c.batching_strategy, c.max_batch_size,
+                 c.max_num_tokens, c.enable_chunked_context, c.enable_kv_cache_reuse)
         for note in self.placement_notes:
             log.info("placement: %s", note)
         log.info("decode attention: %s", "CPU paged kernel, reads the cache in place" if self.runner.use_paged_kernel

@@ -8,6 +8,7 @@ import torch
 
 from backend.config import EngineConfig
 from backend.models.attention import AttentionMetadata, DecodeBatch, PrefillChunk
+from backend.models.placement import ComputeThreads
 from backend.models.spec import ModelSpec
 from backend.sampler import sample
 from backend.scheduler import ScheduledBatch
@@ -32,8 +33,10 @@ def kv_cache_num_blocks(config: EngineConfig, spec: ModelSpec, dtype: torch.dtyp
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig, model, spec: ModelSpec, num_blocks: int, dtype: torch.dtype):
+    def __init__(self, config: EngineConfig, model, spec: ModelSpec, num_blocks: int, dtype: torch.dtype,
+                 threads: ComputeThreads):
         self.config = config
+        self.threads = threads
         self.model = model
         self.spec = spec
         self.block_size = config.tokens_per_block
@@ -93,6 +96,7 @@ class ModelRunner:
     def run(self, batch: ScheduledBatch):
         """Returns [(seq, token_id, logprob)] for the requests that produced a token this step."""
         input_ids, positions, meta, logits_rows, sample_seqs = self.prepare(batch)
-        logits = self.model(input_ids, positions, meta, logits_rows)     # [R, V]
-        tokens, logprobs = sample(logits, sample_seqs)
+        with self.threads.apply():
+            logits = self.model(input_ids, positions, meta, logits_rows)     # [R, V]
+            tokens, logprobs = sample(logits, sample_seqs)
         return list(zip(sample_seqs, tokens, logprobs))

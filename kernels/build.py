@@ -5,7 +5,7 @@ sources, the flags and the torch version: a cached build loads without a compile
 makes a fresh one. `python -m kernels.build` prebuilds the variants this CPU runs (scripts/setup.sh).
 """
 import argparse
-import functools
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -20,7 +20,7 @@ import torch.utils.cpp_extension as cpp_extension
 from kernels.cpu_features import Variant, isa_summary, supported_variants, variant
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = ("cpu_moe.cpp", "paged_attention.cpp")
+SOURCES = ("cpu_moe.cpp", "paged_attention.cpp", "task_pool.cpp")
 CACHE = Path(__file__).resolve().parent.parent / ".cache" / "torch_extensions"
 COMMON_CFLAGS = ("-O3", "-fopenmp", "-std=c++17", "-DNDEBUG")
 
@@ -52,9 +52,39 @@ def _import(name: str, path: Path):
     return module
 
 
-@functools.cache
+_threads = 0          # task-pool threads of every loaded variant; 0 = follow torch.get_num_threads()
+_loaded = {}
+
+
+def set_num_threads(threads: int) -> None:
+    """Threads (the caller included) of the extension's task pool (csrc/task_pool.h), in every variant loaded
+    now or later; 0 = torch's intra-op thread count."""
+    global _threads
+    _threads = threads
+    for module in _loaded.values():
+        module.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def num_threads(threads: int):
+    """set_num_threads for a with-block, restoring the setting before it."""
+    before = _threads
+    set_num_threads(threads)
+    try:
+        yield
+    finally:
+        set_num_threads(before)
+
+
 def load_variant(name: str, build: bool = True):
     """The extension module of one variant; builds it once (about 10-20 s) when not cached."""
+    if name not in _loaded:
+        _loaded[name] = _load(name, build)
+        _loaded[name].set_num_threads(_threads)
+    return _loaded[name]
+
+
+def _load(name: str, build: bool):
     v = variant(name)
     out = build_dir(v)
     so = out / f"{_module_name(v)}.so"

@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+from kernels import build
 from kernels.cpu_features import supported_variants
 from kernels.cpu_linear import CpuLinear
 from kernels.quantize import dequantize_matrix, fake_quantize_activation
@@ -35,12 +36,9 @@ def test_rows_do_not_depend_on_the_batch_or_threads():
     x = torch.randn(23, 200, generator=g)
     full = lin(x)
     assert all(torch.equal(full[i:i + 1], lin(x[i:i + 1])) for i in range(23))
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        assert torch.equal(full, lin(x))
-    finally:
-        torch.set_num_threads(threads)
+    for n in (1, 2, 3):
+        with build.num_threads(n):
+            assert torch.equal(full, lin(x))
 
 
 def test_from_linear_keeps_shape_and_bias_and_checks_input():

@@ -50,6 +50,8 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(spec.hidden_size, hkv * d, bias=spec.qkv_bias)
         self.v_proj = nn.Linear(spec.hidden_size, hkv * d, bias=spec.qkv_bias)
         self.o_proj = nn.Linear(hq * d, spec.hidden_size, bias=False)
+        self.qkv_proj = None                   # q/k/v_proj stacked into one layer, set by fuse_qkv
+        self.qkv_sizes = (hq * d, hkv * d, hkv * d)
         if spec.qk_norm == "head":
             self.q_norm, self.k_norm = RMSNorm(d, spec.rms_norm_eps), RMSNorm(d, spec.rms_norm_eps)
         elif spec.qk_norm == "full":
@@ -58,10 +60,20 @@ class Attention(nn.Module):
         self.k_cache = self.v_cache = None     # [slots, Hkv, D], bound by the model runner
         self.block_size = None                 # tokens per cache block, set with the cache
 
+    def fuse_qkv(self, make_linear) -> None:
+        """Replaces q/k/v_proj by make_linear(stacked weight, stacked bias): one kernel call per step instead of three."""
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        bias = torch.cat([p.bias for p in projs]) if projs[0].bias is not None else None
+        self.qkv_proj = make_linear(torch.cat([p.weight for p in projs]), bias)
+        del self.q_proj, self.k_proj, self.v_proj
+
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         s = self.spec
         n = x.shape[0]
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)       # [N, H*D]
+        if self.qkv_proj is not None:
+            q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)   # [N, H*D] each
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if s.qk_norm == "full":
             q, k = self.q_norm(q), self.k_norm(k)
         if s.clip_qkv is not None:

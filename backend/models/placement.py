@@ -5,13 +5,16 @@ and the dense linear layers get their weight dtype (`dense_dtype`).
 Only the routed experts move today; other modules run on the CPU with torch, and a rule that asks
 for another device for them is reported in the start-up log rather than silently ignored.
 """
+import contextlib
 import logging
 from collections import Counter
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from backend.errors import ConfigError
+from backend.models.attention import Attention
 from backend.models.moe import Experts
 
 log = logging.getLogger("backend")
@@ -83,6 +86,10 @@ def place_dense(model: nn.Module, dense_dtype: str, activation_dtype: torch.dtyp
     if not use_bf16:
         return f"dense linears: fp32, torch ({why})", False
     converted = 0
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.fuse_qkv(lambda weight, bias: CpuLinear(weight, bias, "bf16"))
+            converted += 1
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             full = f"{name}.{child_name}" if name else child_name
@@ -90,4 +97,42 @@ def place_dense(model: nn.Module, dense_dtype: str, activation_dtype: torch.dtyp
                 setattr(module, child_name, CpuLinear.from_linear(child, "fp32" if full.endswith(ROUTERS) else "bf16"))
                 converted += 1
     return (f"dense linears: bf16 weights x fp32 activations (fp32 arithmetic), CPU extension, batch-invariant "
-            f"({converted} layers incl. fp32 routers; {why})"), True
+            f"({converted} layers incl. fp32 routers, q/k/v stacked per attention; {why})"), True
+
+
+@dataclass(frozen=True)
+class ComputeThreads:
+    """Threads of the engine's forward pass: torch's intra-op threads and the CPU extension's task pool
+    (0 = as many as torch). Applied around each forward pass only, so that other torch users in the process
+    (a benchmark's transformers baseline, a second engine) keep their own setting."""
+    torch_threads: int
+    pool_threads: int
+
+    @contextlib.contextmanager
+    def apply(self):
+        from kernels import build
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.torch_threads)
+        try:
+            with build.num_threads(self.pool_threads):
+                yield
+        finally:
+            torch.set_num_threads(before)
+
+
+def place_threads(model: nn.Module, threads: int) -> tuple[ComputeThreads, str]:
+    """The engine's CPU threads go to the CPU extension's task pool when it runs every routed-experts and
+    linear layer; torch's own ops (norms, rotary, routing, sampling: small) then run on one thread, because an
+    OpenMP team spinning between ops next to the pool's threads slowed decode steps (BENCHMARKS.md, engine
+    threads). Otherwise torch runs the heavy layers and gets the threads. Returns them and the log line."""
+    from kernels.cpu_linear import CpuLinear
+    from kernels.cpu_moe import CpuExperts
+
+    modules = list(model.modules())
+    experts_on_pool = all(isinstance(m.op, CpuExperts) for m in modules if isinstance(m, Experts))
+    linears_on_pool = not any(isinstance(m, nn.Linear) for m in modules) and any(isinstance(m, CpuLinear) for m in modules)
+    if experts_on_pool and linears_on_pool:
+        return ComputeThreads(1, threads), (f"threads: {threads} in the CPU extension's task pool (every expert and "
+                                            f"linear layer), 1 for torch ops")
+    return ComputeThreads(threads, 0), f"threads: {threads} torch intra-op threads (layers run by torch); the CPU extension uses as many"

@@ -48,8 +48,9 @@ def load_settings(parameters: dict[str, str]) -> tuple[EngineConfig, AdapterSett
 
 
 def serving_threads() -> int:
-    """torch threads when num_threads is unset: all the cores this process may use but one, which is left to
-    tritonserver's gRPC threads and the stub's response thread. An OpenMP team stalls whenever one of its
-    threads is preempted: on 2 cores under perf_analyzer load, 2 torch threads ran decode steps 1.2-1.7x
-    slower than 1 (BENCHMARKS.md, load section)."""
-    return max(1, len(os.sched_getaffinity(0)) - 1)
+    """Engine threads when num_threads is unset: every core this process may use (its affinity, so a NUMA
+    host policy's pinning counts). The CPU extension's task pool never waits for a thread the OS has not
+    scheduled, so the cores tritonserver's frontend and the clients also need cost little: on 2 cores under
+    perf_analyzer load, 2 threads gave 1.3-1.4x the output tokens/s of 1 at concurrency 16 (BENCHMARKS.md,
+    engine threads). With torch's OpenMP team instead, 2 threads were slower than 1 there."""
+    return len(os.sched_getaffinity(0))

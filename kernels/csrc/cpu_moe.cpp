@@ -11,13 +11,12 @@
 //        token, so every output element has one writer and a fixed summation order (experts ascending,
 //        then slots): results do not depend on the thread count.
 #include <pybind11/pybind11.h>
-#include <ATen/Parallel.h>
 
 #include "fast_exp.h"
 #include "paged_attention.h"
+#include "task_pool.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -95,15 +94,6 @@ struct ActBuffer {       // quantized activation rows in the layout the tiles ex
   }
 };
 
-// Runs fn(i) for i in [0, n) on torch's intra-op threads; a shared counter balances uneven tasks.
-template <class F> void run_tasks(int64_t n, const F& fn) {
-  std::atomic<int64_t> next{0};
-  const int64_t workers = std::min<int64_t>(at::get_num_threads(), n);
-  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-    for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) fn(i);
-  });
-}
-
 void quantize_rows(WeightType wt, int group, const float* src, int64_t rows, int64_t k, int64_t kp, ActBuffer& buf) {
   const bool f32 = wt == WeightType::fp32 || wt == WeightType::bf16_fp32act;   // rows copied as they are
   const int64_t bytes = f32 ? 4 : wt == WeightType::int4 ? 1 : 2;
@@ -112,8 +102,9 @@ void quantize_rows(WeightType wt, int group, const float* src, int64_t rows, int
   buf.q.assign(rows * buf.row_bytes, 0);
   if (wt == WeightType::int8 || wt == WeightType::int4) buf.scale.assign(rows * buf.groups, 0.f);
   if (wt == WeightType::int4) buf.qsum.assign(rows * buf.groups, 0);
-  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; r++) {
+  constexpr int64_t kRowChunk = 16;
+  run_tasks((rows + kRowChunk - 1) / kRowChunk, [&](int64_t i) {
+    for (int64_t r = i * kRowChunk; r < std::min(rows, (i + 1) * kRowChunk); r++) {
       const float* a = src + r * k;
       uint8_t* dst = buf.q.data() + r * buf.row_bytes;
       if (f32) {
@@ -294,6 +285,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("tiles") = CPU_MOE_TILES;
   m.def("moe_forward", &cpu_moe::moe_forward, pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("linear_forward", &cpu_moe::linear_forward, pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("set_num_threads", &cpu_moe::set_num_threads);
+  m.def("get_num_threads", &cpu_moe::get_num_threads);
   m.def("paged_attention_decode", &cpu_attention::paged_attention_decode,
         pybind11::call_guard<pybind11::gil_scoped_release>());
 }

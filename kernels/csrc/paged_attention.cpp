@@ -12,8 +12,7 @@
 #include "paged_attention.h"
 
 #include "fast_exp.h"
-
-#include <ATen/Parallel.h>
+#include "task_pool.h"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -121,20 +120,18 @@ void paged_attention_decode(bool cache_bf16, int64_t B, int64_t Hq, int64_t Hkv,
   const int32_t* context_lens = reinterpret_cast<const int32_t*>(context_lens_ptr);  // [B]
   float* out = reinterpret_cast<float*>(out_ptr);                                  // [B, Hq, D]
   const int64_t row_bytes = Hkv * D * (cache_bf16 ? 2 : 4);
-  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+  cpu_moe::run_tasks(B, [&](int64_t b) {
     static thread_local Scratch buf;
-    for (int64_t b = b0; b < b1; b++) {
-      float* o = out + b * Hq * D;
-      const int64_t L = context_lens[b];
-      if (L <= 0) {
-        std::fill(o, o + Hq * D, 0.f);
-        continue;
-      }
-      const int32_t* table = block_tables + b * max_blocks;
-      const CacheRows keys{reinterpret_cast<const char*>(k_cache_ptr), row_bytes, S, table};     // [NB, S, Hkv, D]
-      const CacheRows values{reinterpret_cast<const char*>(v_cache_ptr), row_bytes, S, table};
-      attend_one(q + b * Hq * D, keys, values, cache_bf16, L, Hq, Hkv, D, float(scale), o, buf);
+    float* o = out + b * Hq * D;
+    const int64_t L = context_lens[b];
+    if (L <= 0) {
+      std::fill(o, o + Hq * D, 0.f);
+      return;
     }
+    const int32_t* table = block_tables + b * max_blocks;
+    const CacheRows keys{reinterpret_cast<const char*>(k_cache_ptr), row_bytes, S, table};     // [NB, S, Hkv, D]
+    const CacheRows values{reinterpret_cast<const char*>(v_cache_ptr), row_bytes, S, table};
+    attend_one(q + b * Hq * D, keys, values, cache_bf16, L, Hq, Hkv, D, float(scale), o, buf);
   });
 }
 
