@@ -1,7 +1,10 @@
 """The extension's task pool (csrc/task_pool.h): correct results from concurrent callers, in a forked
 child, and whatever the thread count; the thread setting follows torch's unless set."""
 import multiprocessing
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +19,25 @@ pytestmark = pytest.mark.skipif(not supported_variants(), reason="no kernel vari
 def make_linear():
     g = torch.Generator().manual_seed(3)
     return CpuLinear(torch.randn(1024, 256, generator=g), None, "bf16"), torch.randn(9, 256, generator=g)
+
+
+STRESS = """
+from kernels import build
+from kernels.cpu_moe import best_variant
+ext = build.load_variant(best_variant())
+for threads in (2, 3):
+    ext.set_num_threads(threads)
+    assert ext.check_task_pool(200_000) == 0, "a task ran other than once"
+"""
+
+
+def test_back_to_back_jobs_of_different_sizes_run_every_task_once():
+    # Jobs of a few microseconds each, so helpers often arrive while the next job is being published (a
+    # helper that read a new job's size with the old job's state once claimed a task too many and hung
+    # the engine). In a subprocess, so a hang fails the test instead of stopping the suite.
+    done = subprocess.run([sys.executable, "-c", STRESS], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_concurrent_callers_get_their_own_results():

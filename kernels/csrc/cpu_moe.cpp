@@ -287,6 +287,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_forward", &cpu_moe::linear_forward, pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("set_num_threads", &cpu_moe::set_num_threads);
   m.def("get_num_threads", &cpu_moe::get_num_threads);
+  m.def("check_task_pool", &cpu_moe::check_task_pool, pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("paged_attention_decode", &cpu_attention::paged_attention_decode,
         pybind11::call_guard<pybind11::gil_scoped_release>());
 }

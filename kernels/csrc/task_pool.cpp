@@ -1,9 +1,11 @@
 // TaskPool: see task_pool.h.
 //
 // Job state is one 64-bit word, (generation << 32) | next task index, so a claim is a single CAS that
-// can only succeed for the job it was read from: a helper that slept through a job never runs a task
-// of a later one with stale arguments. fn and n of a job are published before its state word and read
-// only after a successful claim, while the caller is still waiting for that task.
+// can only succeed for the job it was read from. Publishing a job first moves the state to the new
+// generation with index kPublishing (no claim possible), then writes n and fn, then sets index 0: so a
+// helper that read n after seeing a claimable state has that job's n, and a helper still holding the
+// previous job's state fails its CAS. fn is read only after a successful claim, while the caller is
+// still waiting for that task.
 #include "task_pool.h"
 
 #include <ATen/Parallel.h>
@@ -27,6 +29,8 @@ using Fn = std::function<void(int64_t)>;
 
 inline uint32_t generation(uint64_t s) { return uint32_t(s >> 32); }
 inline uint32_t task_index(uint64_t s) { return uint32_t(s); }
+inline uint64_t job_state(uint32_t gen, uint32_t index) { return (uint64_t(gen) << 32) | index; }
+constexpr uint32_t kPublishing = 0xFFFFFFFFu;   // task index while a job's arguments are being written
 
 class TaskPool {
  public:
@@ -34,18 +38,19 @@ class TaskPool {
     const int helpers = int(std::min<int64_t>(threads - 1, n - 1));
     std::unique_lock<std::mutex> job(job_mutex_, std::try_to_lock);
     // Inline when there is nothing to share, another thread's job is running, or n overflows the index.
-    if (helpers <= 0 || !job.owns_lock() || n >= (int64_t(1) << 32)) {
+    if (helpers <= 0 || !job.owns_lock() || n >= kPublishing) {
       for (int64_t i = 0; i < n; i++) fn(i);
       return;
     }
     start_helpers(helpers);
+    const uint32_t gen = generation(state_.load()) + 1;
+    state_.store(job_state(gen, kPublishing));
     done_.store(0);
     error_ = nullptr;
     n_.store(n);
     fn_.store(&fn);
     active_.store(helpers);
-    const uint32_t gen = generation(state_.load()) + 1;
-    state_.store(uint64_t(gen) << 32);
+    state_.store(job_state(gen, 0));
     { std::lock_guard<std::mutex> lock(mutex_); }   // a helper between its check and its wait sees the new state
     work_cv_.notify_all();
     work(gen);
@@ -56,8 +61,15 @@ class TaskPool {
  private:
   // Claims and runs tasks of job `gen` until none are left.
   void work(uint32_t gen) {
-    const int64_t n = n_.load();
-    for (uint64_t s = state_.load(); generation(s) == gen && task_index(s) < n; s = state_.load()) {
+    for (;;) {
+      uint64_t s = state_.load();
+      if (generation(s) != gen) return;
+      if (task_index(s) == kPublishing) {   // the caller is writing n and fn: a few stores away
+        std::this_thread::yield();
+        continue;
+      }
+      const int64_t n = n_.load();          // read after a claimable state: this job's n
+      if (task_index(s) >= n) return;
       if (!state_.compare_exchange_weak(s, s + 1)) continue;
       try {
         (*fn_.load())(task_index(s));
@@ -125,6 +137,18 @@ void run_tasks(int64_t n, const Fn& fn) {
   (void)ready;
   const int threads = g_threads.load();
   if (n > 0) g_pool->run(n, threads > 0 ? threads : at::get_num_threads(), fn);
+}
+
+int64_t check_task_pool(int64_t jobs) {
+  int64_t bad = 0;
+  std::vector<std::atomic<int>> hits(64);
+  for (int64_t j = 0; j < jobs; j++) {
+    const int64_t n = 1 + (j * 7919) % 61;   // consecutive jobs of different sizes
+    for (auto& h : hits) h.store(0);
+    run_tasks(n, [&](int64_t i) { hits[i].fetch_add(1); });
+    for (int64_t i = 0; i < 64; i++) bad += hits[i].load() != (i < n ? 1 : 0);
+  }
+  return bad;
 }
 
 void set_num_threads(int threads) { g_threads.store(std::max(0, threads)); }

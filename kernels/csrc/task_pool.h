@@ -19,6 +19,9 @@ namespace cpu_moe {
 // or concurrent call runs its tasks inline on its own thread).
 void run_tasks(int64_t n, const std::function<void(int64_t)>& fn);
 
+// Runs `jobs` tiny jobs of varying sizes back to back; returns how many tasks ran other than once (tests).
+int64_t check_task_pool(int64_t jobs);
+
 // Threads run_tasks uses (the caller included); 0 = torch's intra-op thread count.
 void set_num_threads(int threads);
 int get_num_threads();
