@@ -52,5 +52,5 @@ def serving_threads() -> int:
     host policy's pinning counts). The CPU extension's task pool never waits for a thread the OS has not
     scheduled, so the cores tritonserver's frontend and the clients also need cost little: on 2 cores under
     perf_analyzer load, 2 threads gave 1.3-1.4x the output tokens/s of 1 at concurrency 16 (BENCHMARKS.md,
-    engine threads). With torch's OpenMP team instead, 2 threads were slower than 1 there."""
+    engine threads). With torch's OpenMP team instead, 2 threads gained little there (78-92 vs 78-86 tok/s)."""
     return len(os.sched_getaffinity(0))
