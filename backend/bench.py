@@ -130,7 +130,8 @@ def main(argv=None) -> int:
                                                     " --concurrency " + " ".join(map(str, args.concurrency)))
         write_section("engine", f"Command: `{cmd}` (default model, mixed prompt lengths, {args.max_tokens} output tokens "
                       f"per request, greedy, fp32 activations; fp32 rows with fp32 dense linears and KV cache, the others "
-                      f"with the defaults (bf16 dense linears and KV cache), {torch.get_num_threads()} threads, best of {args.repeats} runs "
+                      f"with the defaults (bf16 dense linears and KV cache), default engine threads (every core in the task pool; "
+                      f"all but one for the torch-run fp32 rows), best of {args.repeats} runs "
                       f"per cell; transformers "
                       f"`generate` runs the same prompts as one static left-padded batch with fp32 experts; "
                       f"all measured in the same run).\n\n{table}\n")

@@ -33,7 +33,7 @@ class EngineConfig:
     batching_strategy: str = "inflight_batching"
     exclude_input_in_output: bool = False
     dtype: str = "float32"
-    num_threads: int | None = None                   # CPU threads for the engine's compute; None: torch's default
+    num_threads: int | None = None                   # CPU threads of the forward pass; None: see models/placement.place_threads
     placement: str | None = None                     # YAML placement rules (kernels/placement)
     expert_dtype: str | None = None                  # overrides the placement's expert dtype
     dense_dtype: str = "auto"                        # dense linears' weights (fp32 math); auto: bf16 for bf16 checkpoints

@@ -34,7 +34,7 @@ class LLMEngine:
         self.placement_notes = place_experts(self.model, config.placement, config.expert_dtype)
         note, dense_bf16 = place_dense(self.model, config.dense_dtype, self.dtype, getattr(self.hf_config, "dtype", None))
         self.placement_notes.append(note)
-        threads, note = place_threads(self.model, config.num_threads or torch.get_num_threads())
+        threads, note = place_threads(self.model, config.num_threads)
         self.placement_notes.append(note)
         self.kv_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(
             config.kv_cache_dtype, torch.bfloat16 if dense_bf16 else self.dtype)

@@ -7,6 +7,7 @@ for another device for them is reported in the start-up log rather than silently
 """
 import contextlib
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass
 
@@ -121,18 +122,24 @@ class ComputeThreads:
             torch.set_num_threads(before)
 
 
-def place_threads(model: nn.Module, threads: int) -> tuple[ComputeThreads, str]:
+def place_threads(model: nn.Module, threads: int | None) -> tuple[ComputeThreads, str]:
     """The engine's CPU threads go to the CPU extension's task pool when it runs every routed-experts and
     linear layer; torch's own ops (norms, rotary, routing, sampling: small) then run on one thread, because an
     OpenMP team spinning between ops next to the pool's threads slowed decode steps (BENCHMARKS.md, engine
-    threads). Otherwise torch runs the heavy layers and gets the threads. Returns them and the log line."""
+    threads). Otherwise torch runs the heavy layers and gets the threads. Unset threads: every core this
+    process may use for the pool (it never waits for a thread the OS has not run), all but one for torch
+    (an OpenMP team stalls whenever one of its threads is preempted by the server's other threads or the
+    clients). Returns them and the log line."""
     from kernels.cpu_linear import CpuLinear
     from kernels.cpu_moe import CpuExperts
 
+    cores = len(os.sched_getaffinity(0))
     modules = list(model.modules())
     experts_on_pool = all(isinstance(m.op, CpuExperts) for m in modules if isinstance(m, Experts))
     linears_on_pool = not any(isinstance(m, nn.Linear) for m in modules) and any(isinstance(m, CpuLinear) for m in modules)
     if experts_on_pool and linears_on_pool:
+        threads = threads or cores
         return ComputeThreads(1, threads), (f"threads: {threads} in the CPU extension's task pool (every expert and "
                                             f"linear layer), 1 for torch ops")
+    threads = threads or max(1, cores - 1)
     return ComputeThreads(threads, 0), f"threads: {threads} torch intra-op threads (layers run by torch); the CPU extension uses as many"

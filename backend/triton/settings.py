@@ -2,7 +2,6 @@
 
 Values follow TRT-LLM's conventions: an empty string or an unfilled `${...}` template means unset.
 """
-import os
 from dataclasses import dataclass, fields
 
 from backend.config import EngineConfig
@@ -42,15 +41,4 @@ def load_settings(parameters: dict[str, str]) -> tuple[EngineConfig, AdapterSett
         except ValueError:
             raise ConfigError(key, f"expected a number, got {parameters[key]!r}") from None
     engine = EngineConfig.from_dict(parameters, ignore=adapter_keys)
-    if engine.num_threads is None:
-        engine.num_threads = serving_threads()
     return engine, AdapterSettings(**adapter)
-
-
-def serving_threads() -> int:
-    """Engine threads when num_threads is unset: every core this process may use (its affinity, so a NUMA
-    host policy's pinning counts). The CPU extension's task pool never waits for a thread the OS has not
-    scheduled, so the cores tritonserver's frontend and the clients also need cost little: on 2 cores under
-    perf_analyzer load, 2 threads gave 1.3-1.4x the output tokens/s of 1 at concurrency 16 (BENCHMARKS.md,
-    engine threads). With torch's OpenMP team instead, 2 threads gained little there (78-92 vs 78-86 tok/s)."""
-    return len(os.sched_getaffinity(0))
