@@ -2,6 +2,7 @@
 
 Values follow TRT-LLM's conventions: an empty string or an unfilled `${...}` template means unset.
 """
+import os
 from dataclasses import dataclass, fields
 
 from backend.config import EngineConfig
@@ -41,4 +42,16 @@ def load_settings(parameters: dict[str, str]) -> tuple[EngineConfig, AdapterSett
         except ValueError:
             raise ConfigError(key, f"expected a number, got {parameters[key]!r}") from None
     engine = EngineConfig.from_dict(parameters, ignore=adapter_keys)
+    if engine.num_threads is None:
+        engine.num_threads = serving_threads()
     return engine, AdapterSettings(**adapter)
+
+
+def serving_threads() -> int:
+    """Engine threads when num_threads is unset: every core this process may use but one, left to
+    tritonserver's frontend, the stub's response thread and local clients. Every core gives more throughput
+    under load (task pool, 2 of 2 cores: 1.30x output tok/s at concurrency 16, BENCHMARKS.md engine
+    threads; set num_threads to use it), but with it 3 of 8 identical requests sent together started
+    0.35-0.55 s late in 2 of 3 test runs (tests/load/test_fairness_server.py): requests that reach Triton
+    while execute() runs wait for its batcher's next look."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
