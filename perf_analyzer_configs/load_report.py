@@ -215,7 +215,7 @@ def bottleneck(rows: list[dict]) -> str:
             f"alone caps output tok/s at {bound:.2f}x from {low['concurrency']} to {top['concurrency']} streams; the "
             f"serving layer reaches {top['steady_tok_per_s'] / low['steady_tok_per_s']:.2f}x. The server process "
             f"tree used {top['server_cpu_percent']:.0f}% of a core at concurrency {top['concurrency']} (num_threads unset "
-            "= every core for the task pool, see backend/models/placement.py; the clients run on the same cores). The engine is the "
+            "= all cores but one, see backend/triton/settings.py; the clients run on the same cores). The engine is the "
             "bottleneck here; V1 keeps TTFT waiting for whole batches.")
 
 
