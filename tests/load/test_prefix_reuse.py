@@ -6,7 +6,7 @@ import statistics
 
 from client.timed import timed_stream
 from tests.load.conftest import BLOCK
-from tests.load.load_helpers import gauges
+from tests.load.load_helpers import gauges, wait_until
 
 SYSTEM = ("You are a careful assistant. " + "Paged attention stores keys and values in blocks of sixteen tokens. "
           "Mixture of experts routes every token to a few experts. " * 18)
@@ -23,6 +23,10 @@ def test_shared_system_prompt_is_served_from_the_prefix_cache(max_util_server, n
     assert system_tokens >= 600, system_tokens
     before = gauges(max_util_server)
     cached = [ask(max_util_server, q) for q in QUESTIONS]
+    prompt_tokens = [len(tokenizer.encode(f"{SYSTEM}\nQuestion: {q}\nAnswer:")) for q in QUESTIONS]
+    # Counters reach /metrics with the metrics thread's next refresh, which may follow the last response.
+    wait_until(lambda: gauges(max_util_server)["vllm:prefix_cache_queries_total"]
+               - before["vllm:prefix_cache_queries_total"] >= sum(prompt_tokens), what="the prefix-cache counters")
     after = gauges(max_util_server)
     reference = [ask(no_evict_server, q) for q in QUESTIONS]
 
@@ -35,7 +39,6 @@ def test_shared_system_prompt_is_served_from_the_prefix_cache(max_util_server, n
           f"({100 * hits / queries:.0f}%), {reused:.0f} blocks reused; TTFT first {cached[0].ttft * 1000:.0f} ms, "
           f"later {statistics.mean(r.ttft for r in cached[1:]) * 1000:.0f} ms; without the cache "
           f"{statistics.mean(r.ttft for r in reference[1:]) * 1000:.0f} ms")
-    prompt_tokens = [len(tokenizer.encode(f"{SYSTEM}\nQuestion: {q}\nAnswer:")) for q in QUESTIONS]
     assert queries == sum(prompt_tokens)
     assert hits >= (len(QUESTIONS) - 1) * shared_blocks * BLOCK, (hits, shared_blocks)
     assert reused >= (len(QUESTIONS) - 1) * shared_blocks
