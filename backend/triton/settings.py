@@ -51,7 +51,6 @@ def serving_threads() -> int:
     """Engine threads when num_threads is unset: every core this process may use but one, left to
     tritonserver's frontend, the stub's response thread and local clients. Every core gives more throughput
     under load (task pool, 2 of 2 cores: 1.30x output tok/s at concurrency 16, BENCHMARKS.md engine
-    threads; set num_threads to use it), but with it 3 of 8 identical requests sent together started
-    0.35-0.55 s late in 2 of 3 test runs (tests/load/test_fairness_server.py): requests that reach Triton
-    while execute() runs wait for its batcher's next look."""
+    threads; set num_threads to use it); it stays opt-in until the fairness test's request-path delays
+    (seen with 1 and 2 threads, tests/load/test_fairness_server.py) are understood."""
     return max(1, len(os.sched_getaffinity(0)) - 1)
