@@ -34,6 +34,12 @@ def best_variant() -> str | None:
     return None
 
 
+def has_avx512_tiles() -> bool:
+    """Whether the best variant here runs the AVX-512 tiles (the portable ones lose to torch's fp32 linears)."""
+    best = best_variant()
+    return best is not None and build.load_variant(best).tiles == "avx512"
+
+
 def describe_cpu() -> str:
     """Detected ISA features and the kernel variant chosen for them, for the start-up log."""
     best = best_variant()

@@ -119,12 +119,10 @@ def test_extension_settings_are_batch_invariant(model_dir):
     batch: every kernel sums in a fixed order. Without AVX-512, 'auto' keeps the dense linears on torch's fp32
     (faster than the portable tiles), which gives no such guarantee, so dense_dtype=bf16 is asked for there."""
     from backend import LLMEngine, SamplingParams
-    from kernels import build
-    from kernels.cpu_moe import best_variant
+    from kernels.cpu_moe import has_avx512_tiles
 
-    avx512 = build.load_variant(best_variant()).tiles == "avx512"
     engine = LLMEngine.from_pretrained(model_dir, max_tokens_in_paged_kv_cache=8192, warmup=False,
-                                       **({} if avx512 else {"dense_dtype": "bf16"}))
+                                       **({} if has_avx512_tiles() else {"dense_dtype": "bf16"}))
     assert any("dense linears: bf16" in note for note in engine.placement_notes), engine.placement_notes
     assert engine.kv_dtype == torch.bfloat16 and engine.runner.use_paged_kernel
     prompts = ["The capital of France is", "Write a haiku about the sea.", "1, 2, 3, 4,"] + [

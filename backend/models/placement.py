@@ -68,21 +68,19 @@ def place_dense(model: nn.Module, dense_dtype: str, activation_dtype: torch.dtyp
     that the checkpoint did not round) and the extension runs AVX-512 tiles here (the portable ones would be
     slower than torch's fp32); routers then run there too, in fp32. Every row's result is then independent
     of its batch (kernels/cpu_linear.py). Returns the log line and whether the linears hold bf16 weights."""
-    from kernels import build
     from kernels.cpu_linear import CpuLinear
-    from kernels.cpu_moe import best_variant
+    from kernels.cpu_moe import best_variant, has_avx512_tiles
 
     if activation_dtype != torch.float32:
         return f"dense linears: {activation_dtype} like the activations (dtype)", activation_dtype == torch.bfloat16
     checkpoint = str(checkpoint_dtype).removeprefix("torch.")
-    best = best_variant()
-    fast = best is not None and build.load_variant(best).tiles == "avx512"
+    fast = has_avx512_tiles()
     if dense_dtype == "auto":
         use_bf16 = checkpoint == "bfloat16" and fast
         why = f"auto: checkpoint {checkpoint}, {'AVX-512' if fast else 'no AVX-512'} tiles for this CPU"
     else:
         use_bf16, why = dense_dtype == "bf16", f"dense_dtype={dense_dtype}"
-        if use_bf16 and best is None:
+        if use_bf16 and best_variant() is None:
             raise ConfigError("dense_dtype", "bf16 needs the CPU extension (python -m kernels.build); use fp32 or auto")
     if not use_bf16:
         return f"dense linears: fp32, torch ({why})", False
