@@ -58,8 +58,8 @@ class EngineThread:
 
         Full: the last step left requests waiting, or the requests submitted since then would not fit
         in the batch slots and KV blocks that step left free (a conservative guess, no prefix-cache
-        hits counted; the next step decides). Returning at once when they fit matters to Triton: its
-        dynamic batcher re-checks a busy model instance only every 500 ms. With V1 (static batching)
+        hits counted; the next step decides). Returning at once when they fit frees the model instance for
+        the requests Triton queued meanwhile. With V1 (static batching)
         full means max_batch_size requests wait, so the next batch forms from all that arrive while
         the current one runs to completion."""
         with self._cv:

@@ -47,10 +47,32 @@ def load_settings(parameters: dict[str, str]) -> tuple[EngineConfig, AdapterSett
     return engine, AdapterSettings(**adapter)
 
 
+def queue_policy_warning(model_config: dict) -> str | None:
+    """Why Triton may hold a request 500 ms, when the queue settings make it so; None when they do not.
+
+    tritonserver 2.51's dynamic batcher prefetches the next payload while execute() runs only if the queue
+    has no max_queue_size, no timeouts and one priority level. Otherwise it wakes for a request that arrives
+    mid-execute() only at its 500 ms idle tick: one request of a burst then starts 500 ms late (traced:
+    QUEUE_START to COMPUTE_START 500.6 ms; tests/load/test_fairness_server.py)."""
+    batching = model_config.get("dynamic_batching") or {}
+    policy = batching.get("default_queue_policy") or {}
+    limits = {"max_queue_size": int(policy.get("max_queue_size", 0) or 0),
+              "default_timeout_microseconds": int(policy.get("default_timeout_microseconds", 0) or 0),
+              "allow_timeout_override": bool(policy.get("allow_timeout_override", False)),
+              "priority_levels": int(batching.get("priority_levels", 0) or 0)}
+    set_limits = {key: value for key, value in limits.items() if value}
+    if not batching or not set_limits:
+        return None
+    named = ", ".join(f"{key} {value}" for key, value in set_limits.items())
+    return (f"dynamic_batching sets {named}: Triton then cannot prefetch while execute() runs, so a request "
+            "arriving meanwhile can wait up to 500 ms in its queue; drop these fields for the lowest latency, "
+            "keep them to bound or time out the queue")
+
+
 def serving_threads() -> int:
     """Engine threads when num_threads is unset: every core this process may use but one, left to
     tritonserver's frontend, the stub's response thread and local clients. Every core gives more throughput
     under load (task pool, 2 of 2 cores: 1.30x output tok/s at concurrency 16, BENCHMARKS.md engine
-    threads; set num_threads to use it); it stays opt-in until the fairness test's request-path delays
-    (seen with 1 and 2 threads, tests/load/test_fairness_server.py) are understood."""
+    threads; set num_threads to use it). It stays opt-in; the fairness test's late requests, once
+    suspected here, were Triton's batcher (queue_policy_warning), not the thread count."""
     return max(1, len(os.sched_getaffinity(0)) - 1)

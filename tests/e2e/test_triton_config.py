@@ -2,13 +2,13 @@
 request tensors map to SamplingParams with errors that name the tensor."""
 import numpy as np
 import pytest
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from backend.errors import ConfigError, InvalidRequest
 from backend.serve import REPOSITORY, render_repository
 from backend.triton.request_inputs import parse_request
-from backend.triton.settings import AdapterSettings, load_settings
+from backend.triton.settings import AdapterSettings, load_settings, queue_policy_warning
 
 TRT_LLM_INPUTS = {
     "text_input": "TYPE_STRING", "max_tokens": "TYPE_INT32", "stream": "TYPE_BOOL", "exclude_input_in_output": "TYPE_BOOL",
@@ -25,13 +25,20 @@ def parse(path):
     return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())   # unknown fields raise
 
 
+def as_json(config) -> dict:
+    """The model config as model.py's initialize() gets it (protobuf JSON: 64-bit integers as strings)."""
+    return json_format.MessageToDict(config, preserving_proto_field_name=True)
+
+
 def test_config_pbtxt_parses_strictly_and_declares_the_trt_llm_interface():
     config = parse(REPOSITORY / "moe_llm" / "config.pbtxt")
     assert config.name == "moe_llm" and config.backend == "python"
     assert config.model_transaction_policy.decoupled
     assert config.max_batch_size > 0
-    assert config.dynamic_batching.default_queue_policy.max_queue_size > 0
     assert config.dynamic_batching.max_queue_delay_microseconds > 0
+    # No queue limits by default: Triton prefetches only without them (queue_policy_warning).
+    assert not config.dynamic_batching.HasField("default_queue_policy") and config.dynamic_batching.priority_levels == 0
+    assert queue_policy_warning(as_json(config)) is None
     assert [(g.count, g.kind) for g in config.instance_group] == [(1, model_config_pb2.ModelInstanceGroup.KIND_CPU)]
     dtype = model_config_pb2.DataType.Name
     assert {i.name: dtype(i.data_type) for i in config.input} == TRT_LLM_INPUTS
@@ -56,6 +63,15 @@ def test_render_fills_parameters_and_triton_fields(tmp_path):
     assert config.parameters["stats_check_period_ms"].string_value == "20"
     assert config.dynamic_batching.default_queue_policy.max_queue_size == 3 and config.max_batch_size == 2
     assert (tmp_path / "moe_llm" / "1" / "model.py").is_file()
+    assert "max_queue_size 3:" in queue_policy_warning(as_json(config))
+
+
+def test_queue_policy_warning_names_every_field_that_stops_prefetching():
+    config = {"dynamic_batching": {"priority_levels": "2", "default_queue_policy": {
+        "default_timeout_microseconds": "5000", "allow_timeout_override": True}}}
+    warning = queue_policy_warning(config)
+    assert "default_timeout_microseconds 5000, allow_timeout_override True, priority_levels 2:" in warning
+    assert queue_policy_warning({}) is None and queue_policy_warning({"dynamic_batching": {}}) is None
 
 
 @pytest.mark.parametrize("params, field", [({"max_tokens_in_paged_kv_cache": "-5"}, "max_tokens_in_paged_kv_cache"),

@@ -3,7 +3,8 @@
 Threads in this stub process:
   - Triton's execute() thread: validates each request, submits it to the engine thread, then blocks
     until the engine has admitted everything (runner.wait_for_capacity()). While it blocks, Triton keeps
-    later requests in its own queue (nv_inference_pending_request_count, bounded by max_queue_size).
+    later requests in its own queue (nv_inference_pending_request_count; bounded only when config.pbtxt
+    sets max_queue_size, see backend.triton.settings.queue_policy_warning).
   - the engine thread (backend.EngineThread): schedule -> forward -> sample; sleeps when idle.
   - the response thread (backend.triton.responses): sends each token as it is made, FINAL at the end,
     and notices cancelled requests.
@@ -21,7 +22,7 @@ from backend.triton.log import route_engine_logs_to_triton
 from backend.triton.metrics import TritonMetrics
 from backend.triton.request_inputs import parse_request, tensor_name
 from backend.triton.responses import FINAL, ActiveRequest, ResponseLoop
-from backend.triton.settings import load_settings, parameters_of
+from backend.triton.settings import load_settings, parameters_of, queue_policy_warning
 
 
 class TritonPythonModel:
@@ -43,13 +44,15 @@ class TritonPythonModel:
         self.responses.start()
         self.metrics.start()
         _log_settings(model_dir, self.engine, settings)
+        if warning := queue_policy_warning(model_config):
+            pb_utils.Logger.log_warn(f"moe_llm: {warning}")
 
     def execute(self, requests):
         for request in requests:
             self._submit(request)
         self.metrics.wake()
         # Hold this execute() until the engine has scheduled what it was given: Triton then keeps the next
-        # requests in its queue, where they are counted, bounded by max_queue_size, and cancellable.
+        # requests in its queue, where they are counted and cancellable.
         self.runner.wait_for_capacity()
         return None
 
