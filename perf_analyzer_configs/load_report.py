@@ -200,13 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def bottleneck(rows: list[dict]) -> str:
+def bottleneck(rows: list[dict], params: dict) -> str:
     """What the engine's own step time allows: if a step of B requests costs step(B), output tok/s can grow
     at most (B / step(B)) / (1 / step(1)) from 1 to B streams, whatever the serving layer does."""
     rs = sorted((r for r in rows if r["strategy"] == "inflight_batching"), key=lambda r: r["concurrency"])
     if len(rs) < 2:
         return ""
     low, top = rs[0], rs[-1]
+    threads = (f"num_threads {params['num_threads']}" if params.get("num_threads")
+               else "num_threads unset = all cores but one, see backend/triton/settings.py")
     slope = (top["step_ms"] - low["step_ms"]) / (top["tokens_per_step"] - low["tokens_per_step"])
     bound = (top["tokens_per_step"] / top["step_ms"]) / (low["tokens_per_step"] / low["step_ms"])
     return (f"Reading: the engine step grows from {low['step_ms']:.0f} ms at {low['tokens_per_step']:.1f} tokens/step "
@@ -214,8 +216,8 @@ def bottleneck(rows: list[dict]) -> str:
             f"(concurrency {top['concurrency']}): about {slope:.1f} ms more per request in the batch, so the engine "
             f"alone caps output tok/s at {bound:.2f}x from {low['concurrency']} to {top['concurrency']} streams; the "
             f"serving layer reaches {top['steady_tok_per_s'] / low['steady_tok_per_s']:.2f}x. The server process "
-            f"tree used {top['server_cpu_percent']:.0f}% of a core at concurrency {top['concurrency']} (num_threads unset "
-            "= all cores but one, see backend/triton/settings.py; the clients run on the same cores). The engine is the "
+            f"tree used {top['server_cpu_percent']:.0f}% of a core at concurrency {top['concurrency']} ({threads}; the "
+            "clients run on the same cores). The engine is the "
             "bottleneck here; V1 keeps TTFT waiting for whole batches.")
 
 
@@ -238,7 +240,7 @@ def render(out: Path, benchmarks_md: bool) -> str:
         f"Load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on 2 cores shared with other work: "
         "read ratios, not absolute numbers. Re-render from the run folder: "
         "`python -m perf_analyzer_configs.load_report --render bench_out/load-...`.", "",
-        markdown(rows), "", *[f"- {v}" for v in verdicts(rows)], "", bottleneck(rows), "",
+        markdown(rows), "", *[f"- {v}" for v in verdicts(rows)], "", bottleneck(rows, meta["params"]), "",
         "![load report](docs/load_report.png)"])
     (out / "report.md").write_text(body + "\n")
     print(body)
