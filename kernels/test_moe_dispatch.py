@@ -58,6 +58,7 @@ def test_quality_tool_on_a_tiny_mixtral(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["expert_layers"] == 2 and result["tokens"] == 48
     fp32, int8, int4 = (result["dtypes"][d] for d in ("fp32", "int8", "int4"))
-    assert fp32["top1_agreement"] == 1.0 and fp32["mean_kl"] < 1e-8   # the patched path is the reference path
+    # fp32 experts in the extension vs the torch reference: the same sums in another order (logits within ~1e-6)
+    assert fp32["top1_agreement"] == 1.0 and 0 <= fp32["mean_kl"] < 1e-10
     assert int8["mean_kl"] < int4["mean_kl"] and int8["top1_agreement"] >= 0.95
     assert quality.main(["--model", str(tmp_path / "nothing")]) == 2

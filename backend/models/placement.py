@@ -120,6 +120,15 @@ class ComputeThreads:
             torch.set_num_threads(before)
 
 
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def all_cores_but_one() -> int:
+    """The one rule for leaving a core to the rest of the process (server frontend, clients)."""
+    return max(1, usable_cores() - 1)
+
+
 def place_threads(model: nn.Module, threads: int | None) -> tuple[ComputeThreads, str]:
     """The engine's CPU threads go to the CPU extension's task pool when it runs every routed-experts and
     linear layer; torch's own ops (norms, rotary, routing, sampling: small) then run on one thread, because an
@@ -131,13 +140,12 @@ def place_threads(model: nn.Module, threads: int | None) -> tuple[ComputeThreads
     from kernels.cpu_linear import CpuLinear
     from kernels.cpu_moe import CpuExperts
 
-    cores = len(os.sched_getaffinity(0))
     modules = list(model.modules())
     experts_on_pool = all(isinstance(m.op, CpuExperts) for m in modules if isinstance(m, Experts))
     linears_on_pool = not any(isinstance(m, nn.Linear) for m in modules) and any(isinstance(m, CpuLinear) for m in modules)
     if experts_on_pool and linears_on_pool:
-        threads = threads or cores
+        threads = threads or usable_cores()
         return ComputeThreads(1, threads), (f"threads: {threads} in the CPU extension's task pool (every expert and "
                                             f"linear layer), 1 for torch ops")
-    threads = threads or max(1, cores - 1)
+    threads = threads or all_cores_but_one()
     return ComputeThreads(threads, 0), f"threads: {threads} torch intra-op threads (layers run by torch); the CPU extension uses as many"

@@ -2,7 +2,6 @@
 
 Values follow TRT-LLM's conventions: an empty string or an unfilled `${...}` template means unset.
 """
-import os
 from dataclasses import dataclass, fields
 
 from backend.config import EngineConfig
@@ -75,4 +74,5 @@ def serving_threads() -> int:
     under load (task pool, 2 of 2 cores: 1.30x output tok/s at concurrency 16, BENCHMARKS.md engine
     threads; set num_threads to use it). It stays opt-in; the fairness test's late requests, once
     suspected here, were Triton's batcher (queue_policy_warning), not the thread count."""
-    return max(1, len(os.sched_getaffinity(0)) - 1)
+    from backend.models.placement import all_cores_but_one   # here: render_repository() needs no torch
+    return all_cores_but_one()
