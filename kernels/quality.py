@@ -105,7 +105,7 @@ def logits_of(model, ids: torch.Tensor) -> torch.Tensor:
 
 
 def compare(ref: torch.Tensor, out: torch.Tensor, targets: torch.Tensor) -> dict:
-    # float64: in fp32 the log-softmax rounding alone gives |KL| ~1e-8 (even negative) for identical-to-1e-7 logits.
+    # float64: in fp32 the log-softmax rounding alone gives |KL| ~1e-8 (even negative) for logits equal to ~1e-6.
     ref_logp, logp = F.log_softmax(ref.double(), -1), F.log_softmax(out.double(), -1)
     kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)                   # [L-1]
     return {"top1_agreement": (ref.argmax(-1) == out.argmax(-1)).float().mean().item(),
