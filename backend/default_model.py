@@ -70,6 +70,11 @@ def ensure_default_model(out: Path | None = None, force: bool = False) -> Path:
     return out
 
 
+def model_dir_or_default(model: str | None) -> Path:
+    """A tool's --model folder, or the default model (built first if missing) when it is not given."""
+    return Path(model) if model else ensure_default_model()
+
+
 @contextmanager
 def _build_lock(out: Path):
     with open(out.parent / f".{out.name}.lock", "w") as lock_file:

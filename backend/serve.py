@@ -225,11 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also serve the OpenAI API (python -m openai_gateway) on GATEWAY_PORT (default 9000); "
                              "OPENAI_API_KEY, if set, is required as a Bearer token")
     args = parser.parse_args(argv)
-    if args.model:
-        model_dir = Path(args.model)
-    else:
-        from backend.default_model import ensure_default_model
-        model_dir = ensure_default_model()
+    from backend.default_model import model_dir_or_default
+    model_dir = model_dir_or_default(args.model)
     server = TritonServer(model_dir, parse_params(args.param), args.http_port, args.grpc_port, args.metrics_port,
                           host=args.host, log_file=Path("/dev/stdout"), exit_timeout_s=args.exit_timeout,
                           log_verbose=args.log_verbose)

@@ -11,7 +11,6 @@ Exit code 1 when the tree used more than --max-percent of one core.
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import psutil
 
@@ -65,11 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(sample.percent_of_one_core >= args.max_percent)
 
     from backend.serve import TritonServer, parse_params
-    if args.model:
-        model_dir = Path(args.model)
-    else:
-        from backend.default_model import ensure_default_model
-        model_dir = ensure_default_model()
+    from backend.default_model import model_dir_or_default
+    model_dir = model_dir_or_default(args.model)
     with TritonServer(model_dir, parse_params(args.param), exit_timeout_s=10).start() as server:
         if args.warm_requests:
             send_requests(server.grpc_url, args.warm_requests)

@@ -172,11 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     input_file = INPUTS.get(args.input, Path(args.input))
     if not input_file.is_file():
         parser.error(f"--input: no such file {input_file}")
-    if args.model:
-        model_dir = Path(args.model)
-    else:
-        from backend.default_model import ensure_default_model
-        model_dir = ensure_default_model()
+    from backend.default_model import model_dir_or_default
+    model_dir = model_dir_or_default(args.model)
     out = Path(args.out or ROOT / "bench_out" / f"load-{time.strftime('%Y%m%d-%H%M%S')}")
     params = {**DEFAULT_PARAMS, **parse_params(args.param)}
     t0 = time.monotonic()

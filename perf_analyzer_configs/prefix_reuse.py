@@ -59,11 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--out", default=str(ROOT / "bench_out"))
     args = parser.parse_args(argv)
-    if args.model:
-        model_dir = Path(args.model)
-    else:
-        from backend.default_model import ensure_default_model
-        model_dir = ensure_default_model()
+    from backend.default_model import model_dir_or_default
+    model_dir = model_dir_or_default(args.model)
     from transformers import AutoTokenizer
     system_tokens = len(AutoTokenizer.from_pretrained(model_dir).encode(SYSTEM))
     questions = QUESTIONS[:args.questions]

@@ -95,11 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench_out/queue-trace", help="trace files go here")
     parser.add_argument("--json", help="write the numbers here too")
     args = parser.parse_args(argv)
-    if args.model:
-        model_dir = Path(args.model)
-    else:
-        from backend.default_model import ensure_default_model
-        model_dir = ensure_default_model()
+    from backend.default_model import model_dir_or_default
+    model_dir = model_dir_or_default(args.model)
     base, compare = parse_params(args.param), args.compare or ["max_queue_size=64"]
     configs = {"config.pbtxt as shipped": base, " ".join(compare): {**base, **parse_params(compare)}}
     spinners = [multiprocessing.Process(target=spin, daemon=True) for _ in range(args.cpu_load)]

@@ -194,11 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                           args.concurrency, args.cancel_fraction, args.seed, args.baseline_after, 60 * args.max_minutes)
     else:
         from backend.serve import TritonServer, parse_params
-        if args.model:
-            model_dir = Path(args.model)
-        else:
-            from backend.default_model import ensure_default_model
-            model_dir = ensure_default_model()
+        from backend.default_model import model_dir_or_default
+        model_dir = model_dir_or_default(args.model)
         with TritonServer(model_dir, parse_params(args.param), exit_timeout_s=10).start() as server:
             report = run_soak(server.grpc_url, server.metrics_url, server.process.pid, args.requests, args.concurrency,
                               args.cancel_fraction, args.seed, args.baseline_after, 60 * args.max_minutes)

@@ -51,11 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=4)
     parser.add_argument("--json", help="write the numbers here too")
     args = parser.parse_args(argv)
-    if args.model:
-        model_dir = Path(args.model)
-    else:
-        from backend.default_model import ensure_default_model
-        model_dir = ensure_default_model()
+    from backend.default_model import model_dir_or_default
+    model_dir = model_dir_or_default(args.model)
     rows = {}
     t0 = time.monotonic()
     with TritonServer(model_dir, parse_params(args.param), exit_timeout_s=10).start() as server:

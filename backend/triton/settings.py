@@ -60,7 +60,7 @@ def queue_policy_warning(model_config: dict) -> str | None:
               "allow_timeout_override": bool(policy.get("allow_timeout_override", False)),
               "priority_levels": int(batching.get("priority_levels", 0) or 0)}
     set_limits = {key: value for key, value in limits.items() if value}
-    if not batching or not set_limits:
+    if not set_limits:
         return None
     named = ", ".join(f"{key} {value}" for key, value in set_limits.items())
     return (f"dynamic_batching sets {named}: Triton then cannot prefetch while execute() runs, so a request "
