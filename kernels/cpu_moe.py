@@ -43,8 +43,13 @@ def has_avx512_tiles() -> bool:
 def describe_cpu() -> str:
     """Detected ISA features and the kernel variant chosen for them, for the start-up log."""
     best = best_variant()
-    chosen = f"fused_cpu/{best} ({build.load_variant(best).tiles} tiles)" if best else "torch (no extension)"
-    return f"{isa_summary()}; CPU MoE kernel: {chosen}"
+    if best is None:
+        return f"{isa_summary()}; CPU MoE kernel: torch (no extension)"
+    module = build.load_variant(best)
+    amx = ", AMX-INT8 for int8/int4 tiles of 16 tokens" if module.amx_enabled() else ""
+    if best == "amx" and not module.amx_enabled():
+        amx = ", AMX refused by the OS (arch_prctl): VNNI tiles only"
+    return f"{isa_summary()}; CPU MoE kernel: fused_cpu/{best} ({module.tiles} tiles{amx})"
 
 
 class CpuExperts:

@@ -41,6 +41,17 @@ def test_rows_do_not_depend_on_the_batch_or_threads():
             assert torch.equal(full, lin(x))
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+def test_rows_do_not_depend_on_the_batch_or_threads_with_the_best_variant(dtype):
+    g = torch.Generator().manual_seed(1)
+    lin = CpuLinear(torch.randn(96, 4096, generator=g), None, dtype, VARIANTS[0])   # int8 on AMX: 16-token tiles
+    x = torch.randn(37, 4096, generator=g)
+    full = lin(x)
+    assert all(torch.equal(full[i:i + 1], lin(x[i:i + 1])) for i in range(37))
+    with build.num_threads(1):
+        assert torch.equal(full, lin(x))
+
+
 def test_from_linear_keeps_shape_and_bias_and_checks_input():
     linear = nn.Linear(40, 24)
     lin = CpuLinear.from_linear(linear, "fp32")

@@ -116,6 +116,45 @@ def test_independent_of_thread_count(expert_dtype):
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
 
 
+AMX = "amx" in KERNELS
+
+
+@pytest.mark.skipif(not AMX, reason="this CPU has no AMX-INT8: the AMX tiles cannot run here")
+@pytest.mark.parametrize("expert_dtype", ["int8", "int4"])
+@pytest.mark.parametrize("T, E, K, H, I, G", [
+    (40, 2, 1, 100, 72, 32),     # 20 tokens per expert: one AMX tile + VNNI remainder; K not a multiple of 64
+    (37, 3, 2, 520, 136, 8),     # int4 groups of 8 (one line per tile step)
+    (50, 2, 2, 300, 200, 128),   # int4 groups spanning two tile steps
+    (48, 1, 1, 4096, 32, 64),    # rows of 4 KB multiples (the L1-set case the odd row stride avoids)
+])
+def test_amx_tiles_match_the_vnni_tiles_bit_for_bit(expert_dtype, T, E, K, H, I, G):
+    """Integer sums are exact, so AMX and VNNI must agree exactly; a token alone must match the batch too."""
+    module = build.load_variant("amx")
+    w13, w2 = make_weights(E, H, I, seed=7)
+    x = 3 * torch.randn(T, H, generator=torch.Generator().manual_seed(8))
+    ids, weights = make_routing(T, E, K, seed=9)
+    experts = CpuExperts.from_weights(w13, w2, expert_dtype, group_size=G, kernel="amx")
+    before = module.amx_tile_calls()
+    with_amx = experts.forward(x, ids, weights)
+    assert module.amx_tile_calls() > before, "the AMX tiles did not run"
+    module.set_amx(False)
+    try:
+        vnni = experts.forward(x, ids, weights)
+    finally:
+        module.set_amx(True)
+    assert torch.equal(with_amx, vnni), f"max difference {(with_amx - vnni).abs().max():.3g}"
+    alone = torch.cat([experts.forward(x[t:t + 1], ids[t:t + 1], weights[t:t + 1]) for t in range(T)])
+    assert torch.equal(with_amx, alone)
+    check(with_amx, x, w13, w2, ids, weights, expert_dtype, G, "amx")
+
+
+def test_amx_cannot_be_switched_on_without_it():
+    module = build.load_variant("generic")
+    assert not module.amx_enabled() and module.amx_tile_calls() == 0
+    with pytest.raises(ValueError, match="AMX tiles are not available"):
+        module.set_amx(True)
+
+
 def test_token_chunks_give_the_same_result(monkeypatch):
     w13, w2 = make_weights(4, 64, 32)
     x = torch.randn(11, 64)

@@ -22,7 +22,14 @@
 #include <string>
 #include <vector>
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
+#if defined(__AMX_TILE__) && defined(__AMX_INT8__)
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "moe_tiles_amx.h"
+#define CPU_MOE_TILES "avx512"
+#define CPU_MOE_AMX 1
+#elif defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
 #include "moe_tiles_avx512.h"
 #define CPU_MOE_TILES "avx512"
 #else
@@ -33,14 +40,45 @@
 namespace cpu_moe {
 
 using TileFn = void (*)(const WeightBlock*, const ActRow*, int64_t, int, float*);
-constexpr int kMaxTM = 8;
+constexpr int kMaxTM = 16;
 constexpr int64_t kSlotChunk = 64;      // slots per gate/up task: keeps its activation rows in L2
 constexpr int64_t kPairChunk = 4;       // gate/up block pairs per task (64 columns of I)
 constexpr int64_t kDownBlocks = 8;      // output blocks per down task (128 columns of H)
 
-struct Tiles { TileFn fn[4]; int tm[4]; int count; };
+// consecutive: the largest tile needs its rows consecutive in one buffer (and, for int8, the split copy).
+struct Tiles { TileFn fn[4]; int tm[4]; int count; bool consecutive = false; };
+
+#ifdef CPU_MOE_AMX
+// Linux hands out AMX tile state only on request (arch_prctl); without it the first tile instruction faults.
+bool request_amx() {
+  constexpr int kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+const bool kAmxAvailable = request_amx();
+#else
+constexpr bool kAmxAvailable = false;
+#endif
+bool g_amx = kAmxAvailable;   // tests and benchmarks switch it off to compare against the VNNI tiles
+
+bool amx_enabled() { return g_amx; }
+#ifdef CPU_MOE_AMX
+int64_t amx_calls() { return amx_tile_calls.load(); }
+#else
+int64_t amx_calls() { return 0; }
+#endif
+void set_amx(bool on) {
+  if (on && !kAmxAvailable)
+    throw std::invalid_argument("AMX tiles are not available in this build or on this CPU (see kernels.cpu_features)");
+  g_amx = on;
+}
 
 Tiles tiles_for(WeightType wt) {
+#ifdef CPU_MOE_AMX
+  if (g_amx && wt == WeightType::int8)
+    return {{tile_int8_amx, tile_int8<4>, tile_int8<2>, tile_int8<1>}, {kAmxTM, 4, 2, 1}, 4, true};
+  if (g_amx && wt == WeightType::int4)
+    return {{tile_int4_amx, tile_int4<4>, tile_int4<2>, tile_int4<1>}, {kAmxTM, 4, 2, 1}, 4, true};
+#endif
   switch (wt) {
     case WeightType::fp32: return {{tile_fp32<8>, tile_fp32<4>, tile_fp32<2>, tile_fp32<1>}, {8, 4, 2, 1}, 4};
     case WeightType::bf16: return {{tile_bf16<8>, tile_bf16<4>, tile_bf16<2>, tile_bf16<1>}, {8, 4, 2, 1}, 4};
@@ -90,14 +128,21 @@ struct ActBuffer {       // quantized activation rows in the layout the tiles ex
 
   ActRow row(int64_t i) const {
     return {q.data() + i * row_bytes, scale.empty() ? nullptr : scale.data() + i * groups,
-            qsum.empty() ? nullptr : qsum.data() + i * groups};
+            qsum.empty() ? nullptr : qsum.data() + i * groups, row_bytes};
   }
 };
 
-void quantize_rows(WeightType wt, int group, const float* src, int64_t rows, int64_t k, int64_t kp, ActBuffer& buf) {
+// amx: rows the AMX tiles read 16 at a time (moe_tiles_amx.h). int8 rows then also get the hi/lo byte copy after
+// their s16 values, and every row spans an odd number of cache lines: at a multiple of 4 KB (H = 4096, say) the
+// 16 rows of a tile load would share one L1 set and evict each other (measured: 2x slower tiles).
+void quantize_rows(WeightType wt, int group, const float* src, int64_t rows, int64_t k, int64_t kp, ActBuffer& buf,
+                   bool amx = false) {
   const bool f32 = wt == WeightType::fp32 || wt == WeightType::bf16_fp32act;   // rows copied as they are
   const int64_t bytes = f32 ? 4 : wt == WeightType::int4 ? 1 : 2;
-  buf.row_bytes = kp * bytes;
+  const int64_t kp64 = (kp + 63) / 64 * 64;
+  const bool amx_split = amx && wt == WeightType::int8;
+  buf.row_bytes = kp * bytes + (amx_split ? 2 * kp64 : 0);
+  if (amx) buf.row_bytes = ((buf.row_bytes + 63) / 64 | 1) * 64;
   buf.groups = wt == WeightType::int4 ? kp / group : 1;
   buf.q.assign(rows * buf.row_bytes, 0);
   if (wt == WeightType::int8 || wt == WeightType::int4) buf.scale.assign(rows * buf.groups, 0.f);
@@ -122,6 +167,11 @@ void quantize_rows(WeightType wt, int group, const float* src, int64_t rows, int
         const float scale = amax > 0.f ? amax / 32767.f : 1.f, inv = 1.f / scale;
         int16_t* d = reinterpret_cast<int16_t*>(dst);
         for (int64_t i = 0; i < k; i++) d[i] = int16_t(std::nearbyint(a[i] * inv));
+        if (amx_split) {   // d = 256 * hi + lo, hi s8, lo u8
+          int8_t* hi = reinterpret_cast<int8_t*>(dst + 2 * kp);
+          uint8_t* lo = dst + 2 * kp + kp64;
+          for (int64_t i = 0; i < k; i++) hi[i] = int8_t(d[i] >> 8), lo[i] = uint8_t(d[i] & 0xFF);
+        }
         buf.scale[r] = scale;
       } else {                               // s8, one scale and one sum of q per group
         for (int64_t g0 = 0; g0 < kp; g0 += group) {
@@ -189,8 +239,18 @@ void moe_forward(int weight_type, int group, int64_t T, int64_t K, int64_t E, in
     if (count[e + 1] > count[e]) active.push_back(e);
   if (S == 0) return;
 
+  // The AMX tiles read 16 consecutive rows: where an expert has that many slots, quantize x in slot order.
+  int64_t most_slots = 0;
+  for (int64_t e : active) most_slots = std::max(most_slots, count[e + 1] - count[e]);
+  const bool by_slot = tiles.consecutive && most_slots >= tiles.tm[0];
+  std::vector<float> x_slots;                                          // [S, H] when by_slot
+  if (by_slot) {
+    x_slots.resize(S * H);
+    for (int64_t s = 0; s < S; s++) std::memcpy(x_slots.data() + s * H, x + slot_token[s] * H, H * 4);
+  }
   ActBuffer xq;
-  quantize_rows(wt, group, x, T, H, Hk, xq);                           // [T, Hk]
+  quantize_rows(wt, group, by_slot ? x_slots.data() : x, by_slot ? S : T, H, Hk, xq, by_slot);   // [T or S, Hk]
+  auto x_row = [&](int64_t s) { return xq.row(by_slot ? s : slot_token[s]); };
 
   // Gate/up: task = (expert, chunk of its slots, chunk of block pairs) -> act [S, Ia] fp32.
   struct GateUpTask { int64_t e, s0, s1, p0, p1; };
@@ -209,7 +269,7 @@ void moe_forward(int weight_type, int group, int64_t T, int64_t K, int64_t E, in
       const WeightBlock wb[kRB] = {w13.block(task.e, p), w13.block(task.e, pairs + p)};   // gate, up
       for_each_tile(tiles, task.s1 - task.s0, [&](int64_t first, int j) {
         const int tm = tiles.tm[j];
-        for (int t = 0; t < tm; t++) rows[t] = xq.row(slot_token[task.s0 + first + t]);
+        for (int t = 0; t < tm; t++) rows[t] = x_row(task.s0 + first + t);
         tiles.fn[j](wb, rows, Hk, group, tile_out);
         for (int t = 0; t < tm; t++) {
           float* dst = act.data() + (task.s0 + first + t) * Ia + p * kRows;
@@ -221,7 +281,7 @@ void moe_forward(int weight_type, int group, int64_t T, int64_t K, int64_t E, in
   });
 
   ActBuffer aq;
-  quantize_rows(wt, group, act.data(), S, Ia, Ia, aq);                 // [S, Ia]
+  quantize_rows(wt, group, act.data(), S, Ia, Ia, aq, tiles.consecutive);   // [S, Ia]
 
   // Down: task = 64 output columns of every token, over all active experts in order.
   const int64_t down_tasks = (Hn / kRows + kDownBlocks - 1) / kDownBlocks;
@@ -260,7 +320,7 @@ void linear_forward(int weight_type, int group, int64_t T, int64_t N, int64_t K,
   const Matrix w{wt, reinterpret_cast<const uint8_t*>(w_q), reinterpret_cast<const uint8_t*>(w_scale), Np, Kp, group};
   const Tiles tiles = tiles_for(wt);
   ActBuffer xq;
-  quantize_rows(wt, group, x, T, K, Kp, xq);                           // [T, Kp]
+  quantize_rows(wt, group, x, T, K, Kp, xq, tiles.consecutive);       // [T, Kp]
   const int64_t pairs = Np / (kRB * kRows);
   run_tasks((pairs + kLinearPairs - 1) / kLinearPairs, [&](int64_t i) {
     float tile_out[kMaxTM * kRB * kRows];
@@ -285,6 +345,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("tiles") = CPU_MOE_TILES;
   m.def("moe_forward", &cpu_moe::moe_forward, pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("linear_forward", &cpu_moe::linear_forward, pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("amx_enabled", &cpu_moe::amx_enabled, "whether the int8/int4 paths use the AMX tiles for 16-token tiles");
+  m.def("amx_tile_calls", &cpu_moe::amx_calls, "AMX tile calls so far in this process (tests)");
+  m.def("set_amx", &cpu_moe::set_amx, "switch the AMX tiles on or off (off: the VNNI tiles only; same results)");
   m.def("set_num_threads", &cpu_moe::set_num_threads);
   m.def("get_num_threads", &cpu_moe::get_num_threads);
   m.def("check_task_pool", &cpu_moe::check_task_pool, pybind11::call_guard<pybind11::gil_scoped_release>());

@@ -35,6 +35,7 @@ struct ActRow {             // one activation row
   const void* q;
   const float* scale;       // int8: [1]; int4: [Kp/G]
   const int32_t* qsum;      // int4: [Kp/G]
+  int64_t stride;           // bytes to the next row of its buffer (the AMX tiles load 16 consecutive rows)
 };
 
 inline int32_t load_i32(const void* p) { int32_t v; std::memcpy(&v, p, 4); return v; }
