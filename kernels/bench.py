@@ -99,6 +99,16 @@ def loop_moe(w13: torch.Tensor, w2: torch.Tensor):
     return lambda x, ids, weights: moe_reference(x.to(w13.dtype), w13, w2, ids, weights)
 
 
+def without_amx(experts: CpuExperts):
+    def forward(*args):
+        experts._ext.set_amx(False)
+        try:
+            return experts.forward(*args)
+        finally:
+            experts._ext.set_amx(True)
+    return forward
+
+
 def fill_x(calls, H):
     return [(torch.randn(x.shape[0], H), ids, w) for x, ids, w in calls]
 
@@ -117,6 +127,8 @@ def run(models: list[str], tokens: tuple, quick: bool, probe_mib: int = 512, flu
         for dtype in OURS:
             ex = CpuExperts.from_weights(w13, w2, dtype, group_size=GROUP_SIZE)
             impls[ex.kernel_name], nbytes[ex.kernel_name] = ex.forward, ex.expert_nbytes()
+            if dtype in ("int8", "int4") and ex._ext.amx_enabled():   # in-run baseline: the same call on VNNI tiles
+                impls[f"{ex.kernel_name} VNNI only"], nbytes[f"{ex.kernel_name} VNNI only"] = without_amx(ex), ex.expert_nbytes()
         for dtype in ("int8", "int4"):   # the torch-only route: per-expert torch int ops
             ex = TorchExperts.from_weights(w13, w2, dtype, GROUP_SIZE)
             impls[ex.kernel_name], nbytes[ex.kernel_name] = ex.forward, ex.expert_nbytes()
@@ -180,7 +192,8 @@ def format_table(result: dict, meta: dict) -> str:
 def targets(result: dict) -> list[str]:
     def ours(model, T, dtype):
         return next((r for r in result["rows"] if r["model"] == model and r["T"] == T
-                     and r["impl"].startswith("fused_cpu/") and r["impl"].split()[1].startswith(dtype)), None)
+                     and r["impl"].startswith("fused_cpu/") and r["impl"].split()[1].startswith(dtype)
+                     and not r["impl"].endswith("VNNI only")), None)
     lines = ["### Targets (2-core VM)"]
     for model in MODELS:
         checks = [("int4 T=1 x BW >= 0.7", ours(model, 1, "int4"), "of_bandwidth", 0.7),
