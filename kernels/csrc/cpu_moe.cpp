@@ -239,7 +239,8 @@ void moe_forward(int weight_type, int group, int64_t T, int64_t K, int64_t E, in
     if (count[e + 1] > count[e]) active.push_back(e);
   if (S == 0) return;
 
-  // The AMX tiles read 16 consecutive rows: where an expert has that many slots, quantize x in slot order.
+  // The AMX tiles read 16 consecutive rows: where an expert has that many slots, quantize x in slot order
+  // (and both activations in the AMX row layout). Decode steps, with fewer, skip both copies.
   int64_t most_slots = 0;
   for (int64_t e : active) most_slots = std::max(most_slots, count[e + 1] - count[e]);
   const bool by_slot = tiles.consecutive && most_slots >= tiles.tm[0];
@@ -281,7 +282,7 @@ void moe_forward(int weight_type, int group, int64_t T, int64_t K, int64_t E, in
   });
 
   ActBuffer aq;
-  quantize_rows(wt, group, act.data(), S, Ia, Ia, aq, tiles.consecutive);   // [S, Ia]
+  quantize_rows(wt, group, act.data(), S, Ia, Ia, aq, by_slot);                // [S, Ia]
 
   // Down: task = 64 output columns of every token, over all active experts in order.
   const int64_t down_tasks = (Hn / kRows + kDownBlocks - 1) / kDownBlocks;
@@ -320,7 +321,7 @@ void linear_forward(int weight_type, int group, int64_t T, int64_t N, int64_t K,
   const Matrix w{wt, reinterpret_cast<const uint8_t*>(w_q), reinterpret_cast<const uint8_t*>(w_scale), Np, Kp, group};
   const Tiles tiles = tiles_for(wt);
   ActBuffer xq;
-  quantize_rows(wt, group, x, T, K, Kp, xq, tiles.consecutive);       // [T, Kp]
+  quantize_rows(wt, group, x, T, K, Kp, xq, tiles.consecutive && T >= tiles.tm[0]);   // [T, Kp]
   const int64_t pairs = Np / (kRB * kRows);
   run_tasks((pairs + kLinearPairs - 1) / kLinearPairs, [&](int64_t i) {
     float tile_out[kMaxTM * kRB * kRows];
