@@ -71,11 +71,15 @@ def test_max_utilization_runs_more_and_preempts(max_util_server, tokenizer):
     streams, r = requests_needing_r_tokens(max_util_server, tokenizer)
     before = gauges(max_util_server)
     try:
-        peaks = watch(max_util_server, streams, lambda p: p["paused"] >= 1 and p["scheduled"] > KV_TOKENS // r)
+        # The counter is exported just after the gauges (one IPC each): a scrape in between sees paused = 1 and
+        # the old count, so watch until both show.
+        preempted = before["vllm:num_preemptions_total"]
+        peaks = watch(max_util_server, streams, lambda p: p["paused"] >= 1 and p["scheduled"] > KV_TOKENS // r
+                      and p["vllm:num_preemptions_total"] > preempted)
         print(f"max_utilization peaks: {peaks}")
         assert peaks["scheduled"] > KV_TOKENS // r, peaks
         assert peaks["paused"] >= 1, peaks
-        assert peaks["vllm:num_preemptions_total"] > before["vllm:num_preemptions_total"], peaks
+        assert peaks["vllm:num_preemptions_total"] > preempted, peaks
     finally:
         for s in streams:
             s.cancel()

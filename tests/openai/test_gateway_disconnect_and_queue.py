@@ -102,5 +102,5 @@ def test_full_triton_queue_is_429_and_queued_clients_can_leave(small_queue_gatew
     wait_until(lambda: pending_in_triton(server) == 0 and active_requests(server) == 0 and kv_blocks_used(server) == 0,
                5, "the queued and running requests to be cancelled")
     reply = httpx.post(f"{small_queue_gateway.base_url}/completions", headers=HEADERS, timeout=60,
-                       json={"model": model_name, "prompt": "still serving", "max_tokens": 4})
+                       json={"model": model_name, "prompt": "still serving", "max_tokens": 4, "ignore_eos": True})
     assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 4
