@@ -46,7 +46,14 @@ constexpr int64_t kPairChunk = 4;       // gate/up block pairs per task (64 colu
 constexpr int64_t kDownBlocks = 8;      // output blocks per down task (128 columns of H)
 
 // consecutive: the largest tile needs its rows consecutive in one buffer (and, for int8, the split copy).
-struct Tiles { TileFn fn[4]; int tm[4]; int count; bool consecutive = false; };
+struct Tiles {
+  TileFn fn[4];
+  int tm[4];
+  int count;
+  bool consecutive = false;
+  // Whether rows must take that layout, when at most `most_rows` go through one tile sequence.
+  bool consecutive_rows(int64_t most_rows) const { return consecutive && most_rows >= tm[0]; }
+};
 
 #ifdef CPU_MOE_AMX
 // Linux hands out AMX tile state only on request (arch_prctl); without it the first tile instruction faults.
@@ -55,17 +62,14 @@ bool request_amx() {
   return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
 }
 const bool kAmxAvailable = request_amx();
+int64_t amx_calls() { return amx_tile_calls.load(); }
 #else
 constexpr bool kAmxAvailable = false;
+int64_t amx_calls() { return 0; }
 #endif
 bool g_amx = kAmxAvailable;   // tests and benchmarks switch it off to compare against the VNNI tiles
 
 bool amx_enabled() { return g_amx; }
-#ifdef CPU_MOE_AMX
-int64_t amx_calls() { return amx_tile_calls.load(); }
-#else
-int64_t amx_calls() { return 0; }
-#endif
 void set_amx(bool on) {
   if (on && !kAmxAvailable)
     throw std::invalid_argument("AMX tiles are not available in this build or on this CPU (see kernels.cpu_features)");
@@ -139,7 +143,7 @@ void quantize_rows(WeightType wt, int group, const float* src, int64_t rows, int
                    bool amx = false) {
   const bool f32 = wt == WeightType::fp32 || wt == WeightType::bf16_fp32act;   // rows copied as they are
   const int64_t bytes = f32 ? 4 : wt == WeightType::int4 ? 1 : 2;
-  const int64_t kp64 = (kp + 63) / 64 * 64;
+  const int64_t kp64 = round_up64(kp);
   const bool amx_split = amx && wt == WeightType::int8;
   buf.row_bytes = kp * bytes + (amx_split ? 2 * kp64 : 0);
   if (amx) buf.row_bytes = ((buf.row_bytes + 63) / 64 | 1) * 64;
@@ -243,7 +247,7 @@ void moe_forward(int weight_type, int group, int64_t T, int64_t K, int64_t E, in
   // (and both activations in the AMX row layout). Decode steps, with fewer, skip both copies.
   int64_t most_slots = 0;
   for (int64_t e : active) most_slots = std::max(most_slots, count[e + 1] - count[e]);
-  const bool by_slot = tiles.consecutive && most_slots >= tiles.tm[0];
+  const bool by_slot = tiles.consecutive_rows(most_slots);
   std::vector<float> x_slots;                                          // [S, H] when by_slot
   if (by_slot) {
     x_slots.resize(S * H);
@@ -321,7 +325,7 @@ void linear_forward(int weight_type, int group, int64_t T, int64_t N, int64_t K,
   const Matrix w{wt, reinterpret_cast<const uint8_t*>(w_q), reinterpret_cast<const uint8_t*>(w_scale), Np, Kp, group};
   const Tiles tiles = tiles_for(wt);
   ActBuffer xq;
-  quantize_rows(wt, group, x, T, K, Kp, xq, tiles.consecutive && T >= tiles.tm[0]);   // [T, Kp]
+  quantize_rows(wt, group, x, T, K, Kp, xq, tiles.consecutive_rows(T));   // [T, Kp]
   const int64_t pairs = Np / (kRB * kRows);
   run_tasks((pairs + kLinearPairs - 1) / kLinearPairs, [&](int64_t i) {
     float tile_out[kMaxTM * kRB * kRows];

@@ -38,6 +38,7 @@ struct ActRow {             // one activation row
   int64_t stride;           // bytes to the next row of its buffer (the AMX tiles load 16 consecutive rows)
 };
 
+inline int64_t round_up64(int64_t n) { return (n + 63) / 64 * 64; }   // AMX rows: whole 64-byte lines
 inline int32_t load_i32(const void* p) { int32_t v; std::memcpy(&v, p, 4); return v; }
 inline float bf16_to_float(uint16_t h) { uint32_t u = uint32_t(h) << 16; float f; std::memcpy(&f, &u, 4); return f; }
 

@@ -28,8 +28,6 @@ constexpr int kAmxTM = 16;
 constexpr int64_t kAmxK = 64;   // k per int8 tile step: one 64-byte A row
 inline std::atomic<int64_t> amx_tile_calls{0};   // lets tests see that the AMX tiles ran
 
-inline int64_t round_up64(int64_t n) { return (n + kAmxK - 1) / kAmxK * kAmxK; }
-
 struct alignas(64) TileConfig {   // palette 1 (see the Intel SDM, LDTILECFG)
   uint8_t palette = 1, start_row = 0, reserved[14] = {};
   uint16_t colsb[16] = {};
