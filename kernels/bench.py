@@ -1,6 +1,6 @@
 """Benchmark of one routed-experts MoE layer: CpuExperts vs torch, against this machine's memory bandwidth.
 
-    python -m kernels.bench [--quick] [--json out.json] [--md out.md] [--threads N]
+    python -m kernels.bench [--quick] [--json out.json] [--md out.md] [--threads N] [--variants avx2,generic]
 
 For layer shapes of Qwen3-30B-A3B, Mixtral-8x7B and DeepSeek-V3 at T tokens: ms per layer, bytes of expert
 weights read (distinct routed experts x packed bytes per expert), effective GB/s, its ratio to the memory
@@ -113,7 +113,8 @@ def fill_x(calls, H):
     return [(torch.randn(x.shape[0], H), ids, w) for x, ids, w in calls]
 
 
-def run(models: list[str], tokens: tuple, quick: bool, probe_mib: int = 512, flush_mib: int = 64) -> dict:
+def run(models: list[str], tokens: tuple, quick: bool, probe_mib: int = 512, flush_mib: int = 64,
+        variants: tuple[str, ...] = ("auto",)) -> dict:
     probe = Probe(probe_mib)
     flush = torch.ones(flush_mib * 2 ** 18, dtype=torch.float32)             # 64 MiB > last-level cache
     rows = []
@@ -125,10 +126,11 @@ def run(models: list[str], tokens: tuple, quick: bool, probe_mib: int = 512, flu
         w2 = (torch.randn(R, H, I, dtype=torch.bfloat16) * 0.02)              # [R, H, I]
         impls, nbytes = {}, {}                                                # name -> forward, bytes per expert
         for dtype in OURS:
-            ex = CpuExperts.from_weights(w13, w2, dtype, group_size=GROUP_SIZE)
-            impls[ex.kernel_name], nbytes[ex.kernel_name] = ex.forward, ex.expert_nbytes()
-            if dtype in ("int8", "int4") and ex._ext.amx_enabled():   # in-run baseline: the same call on VNNI tiles
-                impls[f"{ex.kernel_name} VNNI only"], nbytes[f"{ex.kernel_name} VNNI only"] = without_amx(ex), ex.expert_nbytes()
+            for kernel in variants:
+                ex = CpuExperts.from_weights(w13, w2, dtype, group_size=GROUP_SIZE, kernel=kernel)
+                impls[ex.kernel_name], nbytes[ex.kernel_name] = ex.forward, ex.expert_nbytes()
+                if dtype in ("int8", "int4") and ex._ext.amx_enabled():   # in-run baseline: the same call on VNNI tiles
+                    impls[f"{ex.kernel_name} VNNI only"], nbytes[f"{ex.kernel_name} VNNI only"] = without_amx(ex), ex.expert_nbytes()
         for dtype in ("int8", "int4"):   # the torch-only route: per-expert torch int ops
             ex = TorchExperts.from_weights(w13, w2, dtype, GROUP_SIZE)
             impls[ex.kernel_name], nbytes[ex.kernel_name] = ex.forward, ex.expert_nbytes()
@@ -167,7 +169,7 @@ def run(models: list[str], tokens: tuple, quick: bool, probe_mib: int = 512, flu
 
 def format_table(result: dict, meta: dict) -> str:
     out = [f"CPU MoE layer benchmark ({meta['date']}); command: `{meta['command']}`",
-           f"CPU: {meta['cpu']}; torch threads: {meta['threads']}; load average before/after: "
+           f"CPU: {meta['cpu']}; fused rows: {meta['variants']}; torch threads: {meta['threads']}; load average before/after: "
            f"{meta['load_before']} / {meta['load_after']}",
            "ms = median per layer call (cold cache); noise = half the p10-p90 spread (max-min under 5 rounds);",
            "BW = memory bandwidth (torch sum over 512 MiB) measured in the same rounds; x BW = effective GB/s / BW;",
@@ -212,6 +214,10 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help=f"T in {QUICK_TOKENS} and short timing budgets")
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--variants", default="auto",
+                   help="comma-separated kernel variants to run (default: auto = the best this CPU runs); the targets "
+                        "read the first. To stand in for an AVX2-only CPU, run '--variants avx2,generic' with "
+                        "ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 so torch does too")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--md", help="write the table here")
     args = p.parse_args(argv)
@@ -219,8 +225,9 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     meta = {"command": "python -m kernels.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
             "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": describe_cpu(), "machine": platform.node(),
-            "threads": torch.get_num_threads(), "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg())}
-    result = run(args.models.split(","), QUICK_TOKENS if args.quick else TOKENS, args.quick)
+            "threads": torch.get_num_threads(), "variants": args.variants, "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    result = run(args.models.split(","), QUICK_TOKENS if args.quick else TOKENS, args.quick,
+                 variants=tuple(args.variants.split(",")))
     meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     table = format_table(result, meta)
     print(table)

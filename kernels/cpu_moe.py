@@ -34,10 +34,12 @@ def best_variant() -> str | None:
     return None
 
 
-def has_avx512_tiles() -> bool:
-    """Whether the best variant here runs the AVX-512 tiles (the portable ones lose to torch's fp32 linears)."""
+def simd_tiles() -> str | None:
+    """'avx512' or 'avx2' when the best variant here runs hand-written SIMD tiles, else None (the portable
+    tiles lose to torch's fp32 linears; the SIMD ones beat them, BENCHMARKS.md)."""
     best = best_variant()
-    return best is not None and build.load_variant(best).tiles == "avx512"
+    tiles = build.load_variant(best).tiles if best is not None else None
+    return tiles if tiles in ("avx512", "avx2") else None
 
 
 def describe_cpu() -> str:

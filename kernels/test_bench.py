@@ -15,6 +15,15 @@ def test_bench_runs_on_a_tiny_layer(monkeypatch):
         assert r["ms"] > 0 and r["bandwidth_gbps"] > 0 and r["bytes"] > 0
         assert r["vs_torch_fp32"] > 0 and r["torch_bf16_baseline"].startswith("torch/")
     table = bench.format_table(result, {"date": "now", "command": "python -m kernels.bench", "cpu": "cpu",
-                                        "threads": 1, "load_before": "0", "load_after": "0"})
+                                        "variants": "auto", "threads": 1, "load_before": "0", "load_after": "0"})
     assert "### tiny: H 64, I 32, 8 experts, top-2" in table
     assert "| 8 | fused_cpu/" in table
+
+
+def test_bench_runs_the_variants_asked_for(monkeypatch):
+    """--variants avx2,generic: fused rows for each, in the same rounds; the targets read the first."""
+    monkeypatch.setitem(bench.MODELS, "tiny", dict(H=64, I=32, E=8, K=2, resident=8))
+    result = bench.run(["tiny"], (1,), quick=True, probe_mib=8, flush_mib=4, variants=("generic", cpu_moe.best_variant()))
+    ours = {r["impl"] for r in result["rows"] if r["impl"].startswith("fused_cpu/") and not r["impl"].endswith("VNNI only")}
+    assert {i.split()[0] for i in ours} == {"fused_cpu/generic", f"fused_cpu/{cpu_moe.best_variant()}"}
+    assert any(line.startswith("- tiny:") for line in bench.targets(result))

@@ -52,6 +52,16 @@ def test_rows_do_not_depend_on_the_batch_or_threads_with_the_best_variant(dtype)
         assert torch.equal(full, lin(x))
 
 
+@pytest.mark.skipif(not {"avx2", "avx512_vnni"} <= set(VARIANTS), reason="needs a CPU that runs both AVX2 and AVX-512")
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8"])
+def test_avx2_tiles_give_the_avx512_bits(dtype):
+    """bf16 dense linears keep fp32 activations, so even the BF16 variant's results match the AVX2 tiles."""
+    g = torch.Generator().manual_seed(2)
+    weight, x = torch.randn(300, 200, generator=g), torch.randn(13, 200, generator=g)
+    avx2 = CpuLinear(weight, None, dtype, "avx2")(x)
+    assert all(torch.equal(avx2, CpuLinear(weight, None, dtype, v)(x)) for v in VARIANTS if v.startswith(("avx512", "amx")))
+
+
 def test_from_linear_keeps_shape_and_bias_and_checks_input():
     linear = nn.Linear(40, 24)
     lin = CpuLinear.from_linear(linear, "fp32")

@@ -148,6 +148,24 @@ def test_amx_tiles_match_the_vnni_tiles_bit_for_bit(expert_dtype, T, E, K, H, I,
     check(with_amx, x, w13, w2, ids, weights, expert_dtype, G, "amx")
 
 
+@pytest.mark.skipif(not {"avx2", "avx512_vnni"} <= set(KERNELS), reason="needs a CPU that runs both AVX2 and AVX-512 VNNI")
+@pytest.mark.parametrize("expert_dtype", EXPERT_DTYPES)
+@pytest.mark.parametrize("T, E, K, H, I, G", [
+    (1, 4, 2, 64, 96, 32),        # decode: one token
+    (37, 8, 2, 200, 136, 8),      # int4 groups of 8; tiles of 8, 4, 2 and 1 token
+    (19, 3, 3, 96, 80, 40),       # int4 groups of 40: the s16 sums widen after 32 k and at the group's end
+    (9, 2, 1, 1100, 48, 128),     # int8 flushes every 256 k and a partial last one; int4 groups of 128
+])
+def test_avx2_tiles_match_the_avx512_tiles_bit_for_bit(expert_dtype, T, E, K, H, I, G):
+    """The AVX2 tiles repeat the AVX-512 (non-BF16) tiles' arithmetic on 8-lane halves: same bits, every dtype."""
+    w13, w2 = make_weights(E, H, I, seed=10)
+    x = 3 * torch.randn(T, H, generator=torch.Generator().manual_seed(11))
+    ids, weights = make_routing(T, E, K, seed=12)
+    avx2, avx512 = (CpuExperts.from_weights(w13, w2, expert_dtype, group_size=G, kernel=k).forward(x, ids, weights)
+                    for k in ("avx2", "avx512_vnni"))
+    assert torch.equal(avx2, avx512), f"max difference {(avx2 - avx512).abs().max():.3g}"
+
+
 def test_amx_cannot_be_switched_on_without_it():
     module = build.load_variant("generic")
     assert not module.amx_enabled() and module.amx_tile_calls() == 0
@@ -211,7 +229,7 @@ def test_cached_build_loads_without_the_compiler(monkeypatch):
         raise AssertionError("a cached build must not run the compiler")
     monkeypatch.setattr(build.cpp_extension, "load", no_compiler)
     module = build._load(KERNELS[0], build=True)   # bypass the in-process cache
-    assert module.tiles in ("avx512", "portable")
+    assert module.tiles in ("avx512", "avx2", "portable")
 
 
 def test_falls_back_to_torch_when_nothing_builds(monkeypatch, caplog):

@@ -115,14 +115,14 @@ def test_failed_build_leaves_no_model_and_no_temp_folder(tmp_path, monkeypatch):
 
 def test_extension_settings_are_batch_invariant(model_dir):
     """With every layer on the CPU extension (bf16 dense linears and KV, int8 experts: the serving defaults
-    where the extension has AVX-512 tiles), a request's greedy tokens do not depend on what else is in its
-    batch: every kernel sums in a fixed order. Without AVX-512, 'auto' keeps the dense linears on torch's fp32
-    (faster than the portable tiles), which gives no such guarantee, so dense_dtype=bf16 is asked for there."""
+    where the extension has AVX-512 or AVX2 tiles), a request's greedy tokens do not depend on what else is in
+    its batch: every kernel sums in a fixed order. With only the portable tiles, 'auto' keeps the dense linears
+    on torch's fp32 (faster there), which gives no such guarantee, so dense_dtype=bf16 is asked for there."""
     from backend import LLMEngine, SamplingParams
-    from kernels.cpu_moe import has_avx512_tiles
+    from kernels.cpu_moe import simd_tiles
 
     engine = LLMEngine.from_pretrained(model_dir, max_tokens_in_paged_kv_cache=8192, warmup=False,
-                                       **({} if has_avx512_tiles() else {"dense_dtype": "bf16"}))
+                                       **({} if simd_tiles() else {"dense_dtype": "bf16"}))
     assert any("dense linears: bf16" in note for note in engine.placement_notes), engine.placement_notes
     assert engine.kv_dtype == torch.bfloat16 and engine.runner.use_paged_kernel
     prompts = ["The capital of France is", "Write a haiku about the sea.", "1, 2, 3, 4,"] + [

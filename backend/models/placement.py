@@ -65,19 +65,19 @@ ROUTERS = ("mlp.gate", "shared_expert_gate")
 def place_dense(model: nn.Module, dense_dtype: str, activation_dtype: torch.dtype, checkpoint_dtype) -> tuple[str, bool]:
     """Run the dense linears (attention, dense and shared-expert MLPs, lm_head) on the CPU extension with bf16
     weights and fp32 arithmetic when asked, or with 'auto' when the checkpoint is bf16 (so nothing is rounded
-    that the checkpoint did not round) and the extension runs AVX-512 tiles here (the portable ones would be
-    slower than torch's fp32); routers then run there too, in fp32. Every row's result is then independent
+    that the checkpoint did not round) and the extension runs AVX-512 or AVX2 tiles here (the portable ones
+    would be slower than torch's fp32); routers then run there too, in fp32. Every row's result is then independent
     of its batch (kernels/cpu_linear.py). Returns the log line and whether the linears hold bf16 weights."""
     from kernels.cpu_linear import CpuLinear
-    from kernels.cpu_moe import best_variant, has_avx512_tiles
+    from kernels.cpu_moe import best_variant, simd_tiles
 
     if activation_dtype != torch.float32:
         return f"dense linears: {activation_dtype} like the activations (dtype)", activation_dtype == torch.bfloat16
     checkpoint = str(checkpoint_dtype).removeprefix("torch.")
-    fast = has_avx512_tiles()
+    tiles = simd_tiles()
     if dense_dtype == "auto":
-        use_bf16 = checkpoint == "bfloat16" and fast
-        why = f"auto: checkpoint {checkpoint}, {'AVX-512' if fast else 'no AVX-512'} tiles for this CPU"
+        use_bf16 = checkpoint == "bfloat16" and tiles is not None
+        why = f"auto: checkpoint {checkpoint}, {tiles or 'portable'} tiles for this CPU"
     else:
         use_bf16, why = dense_dtype == "bf16", f"dense_dtype={dense_dtype}"
         if use_bf16 and best_variant() is None:

@@ -32,6 +32,9 @@
 #elif defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
 #include "moe_tiles_avx512.h"
 #define CPU_MOE_TILES "avx512"
+#elif defined(__AVX2__) && defined(__FMA__)
+#include "moe_tiles_avx2.h"
+#define CPU_MOE_TILES "avx2"
 #else
 #include "moe_tiles_generic.h"
 #define CPU_MOE_TILES "portable"

@@ -1,5 +1,5 @@
 // Portable tile kernels: plain loops over the packed layouts of moe_tiles.h.
-// Built with -mavx2 -mfma for the "avx2" variant and with no ISA flags for "generic"; the compiler
+// Built with no ISA flags for the "generic" variant (the "avx2" one has moe_tiles_avx2.h); the compiler
 // vectorises the 16-row inner loops. Output: out [TM][kRB * 16] fp32.
 #pragma once
 #include <algorithm>
