@@ -5,6 +5,7 @@ Each variant of the fused CPU MoE extension is the same source built with differ
 CPU supports is chosen at run time; the portable ones run everywhere.
 """
 import functools
+import os
 import platform
 from dataclasses import dataclass
 
@@ -48,11 +49,22 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+# Caps the variants used here, like oneDNN's ONEDNN_MAX_CPU_ISA: e.g. avx2 to run (and test) as on a CPU without
+# AVX-512, or to keep one build across a fleet of mixed CPUs.
+MAX_ISA_ENV = "CPU_MOE_MAX_ISA"
+
+
 def supported_variants(flags: frozenset[str] | None = None) -> list[Variant]:
-    """Variants this CPU can run, best first; x86 ones only on x86-64."""
+    """Variants this CPU can run, best first, none above $CPU_MOE_MAX_ISA; x86 ones only on x86-64."""
     flags = cpu_flags() if flags is None else flags
     x86 = platform.machine().lower() in ("x86_64", "amd64")
-    return [v for v in VARIANTS if not v.requires or (x86 and set(v.requires) <= flags)]
+    runnable = [v for v in VARIANTS if not v.requires or (x86 and set(v.requires) <= flags)]
+    cap = os.environ.get(MAX_ISA_ENV, "").strip()
+    if cap:
+        if cap not in VARIANT_NAMES:
+            raise ValueError(f"{MAX_ISA_ENV}={cap!r} is not a kernel variant: use one of {VARIANT_NAMES} or unset it")
+        runnable = [v for v in runnable if VARIANT_NAMES.index(v.name) >= VARIANT_NAMES.index(cap)]
+    return runnable
 
 
 def variant(name: str) -> Variant:
@@ -65,4 +77,6 @@ def variant(name: str) -> Variant:
 def isa_summary() -> str:
     """e.g. 'x86_64 avx2 avx512f ... (torch: AVX512)'."""
     present = [f for f in REPORTED_FLAGS if f in cpu_flags()]
-    return f"{platform.machine()} {' '.join(present) or 'no SIMD flags found'} (torch: {torch.backends.cpu.get_cpu_capability()})"
+    cap = f", {MAX_ISA_ENV}={os.environ[MAX_ISA_ENV]}" if os.environ.get(MAX_ISA_ENV, "").strip() else ""
+    return (f"{platform.machine()} {' '.join(present) or 'no SIMD flags found'} "
+            f"(torch: {torch.backends.cpu.get_cpu_capability()}{cap})")
