@@ -205,7 +205,7 @@ def bottleneck(rows: list[dict], params: dict) -> str:
         return ""
     low, top = rs[0], rs[-1]
     threads = (f"num_threads {params['num_threads']}" if params.get("num_threads")
-               else "num_threads unset = all cores but one, see backend/triton/settings.py")
+               else "num_threads unset = every core for the task pool, see backend/models/placement.place_threads")
     slope = (top["step_ms"] - low["step_ms"]) / (top["tokens_per_step"] - low["tokens_per_step"])
     bound = (top["tokens_per_step"] / top["step_ms"]) / (low["tokens_per_step"] / low["step_ms"])
     return (f"Reading: the engine step grows from {low['step_ms']:.0f} ms at {low['tokens_per_step']:.1f} tokens/step "

@@ -40,10 +40,7 @@ def load_settings(parameters: dict[str, str]) -> tuple[EngineConfig, AdapterSett
             adapter[key] = adapter_keys[key](parameters[key].strip())
         except ValueError:
             raise ConfigError(key, f"expected a number, got {parameters[key]!r}") from None
-    engine = EngineConfig.from_dict(parameters, ignore=adapter_keys)
-    if engine.num_threads is None:
-        engine.num_threads = serving_threads()
-    return engine, AdapterSettings(**adapter)
+    return EngineConfig.from_dict(parameters, ignore=adapter_keys), AdapterSettings(**adapter)
 
 
 def queue_policy_warning(model_config: dict) -> str | None:
@@ -66,13 +63,3 @@ def queue_policy_warning(model_config: dict) -> str | None:
     return (f"dynamic_batching sets {named}: Triton then cannot prefetch while execute() runs, so a request "
             "arriving meanwhile can wait up to 500 ms in its queue; drop these fields for the lowest latency, "
             "keep them to bound or time out the queue")
-
-
-def serving_threads() -> int:
-    """Engine threads when num_threads is unset: every core this process may use but one, left to
-    tritonserver's frontend, the stub's response thread and local clients. Every core gives more throughput
-    under load (task pool, 2 of 2 cores: 1.30x output tok/s at concurrency 16, BENCHMARKS.md engine
-    threads; set num_threads to use it). It stays opt-in; the fairness test's late requests, once
-    suspected here, were Triton's batcher (queue_policy_warning), not the thread count."""
-    from backend.models.placement import all_cores_but_one   # here: render_repository() needs no torch
-    return all_cores_but_one()
