@@ -54,12 +54,17 @@ def cpu_flags() -> frozenset[str]:
 MAX_ISA_ENV = "CPU_MOE_MAX_ISA"
 
 
+def max_isa() -> str:
+    """$CPU_MOE_MAX_ISA, or '' when unset."""
+    return os.environ.get(MAX_ISA_ENV, "").strip()
+
+
 def supported_variants(flags: frozenset[str] | None = None) -> list[Variant]:
     """Variants this CPU can run, best first, none above $CPU_MOE_MAX_ISA; x86 ones only on x86-64."""
     flags = cpu_flags() if flags is None else flags
     x86 = platform.machine().lower() in ("x86_64", "amd64")
     runnable = [v for v in VARIANTS if not v.requires or (x86 and set(v.requires) <= flags)]
-    cap = os.environ.get(MAX_ISA_ENV, "").strip()
+    cap = max_isa()
     if cap:
         if cap not in VARIANT_NAMES:
             raise ValueError(f"{MAX_ISA_ENV}={cap!r} is not a kernel variant: use one of {VARIANT_NAMES} or unset it")
@@ -77,6 +82,6 @@ def variant(name: str) -> Variant:
 def isa_summary() -> str:
     """e.g. 'x86_64 avx2 avx512f ... (torch: AVX512)'."""
     present = [f for f in REPORTED_FLAGS if f in cpu_flags()]
-    cap = f", {MAX_ISA_ENV}={os.environ[MAX_ISA_ENV]}" if os.environ.get(MAX_ISA_ENV, "").strip() else ""
+    cap = f", {MAX_ISA_ENV}={max_isa()}" if max_isa() else ""
     return (f"{platform.machine()} {' '.join(present) or 'no SIMD flags found'} "
             f"(torch: {torch.backends.cpu.get_cpu_capability()}{cap})")
