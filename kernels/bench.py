@@ -1,6 +1,7 @@
 """Benchmark of one routed-experts MoE layer: CpuExperts vs torch, against this machine's memory bandwidth.
 
     python -m kernels.bench [--quick] [--json out.json] [--md out.md] [--threads N] [--variants avx2,generic]
+                            [--prefetch-baseline]
 
 For layer shapes of Qwen3-30B-A3B, Mixtral-8x7B and DeepSeek-V3 at T tokens: ms per layer, bytes of expert
 weights read (distinct routed experts x packed bytes per expert), effective GB/s, its ratio to the memory
@@ -99,13 +100,23 @@ def loop_moe(w13: torch.Tensor, w2: torch.Tensor):
     return lambda x, ids, weights: moe_reference(x.to(w13.dtype), w13, w2, ids, weights)
 
 
-def without_amx(experts: CpuExperts):
+# In-run baselines: the same fused call with one feature of the extension switched off.
+BASELINES = {"VNNI only": "set_amx", "no next-block prefetch": "set_next_block_prefetch"}
+
+
+def is_baseline(impl: str) -> bool:
+    return impl.endswith(tuple(BASELINES))
+
+
+def switched_off(experts: CpuExperts, setter: str):
+    switch = getattr(experts._ext, setter)
+
     def forward(*args):
-        experts._ext.set_amx(False)
+        switch(False)
         try:
             return experts.forward(*args)
         finally:
-            experts._ext.set_amx(True)
+            switch(True)
     return forward
 
 
@@ -114,7 +125,7 @@ def fill_x(calls, H):
 
 
 def run(models: list[str], tokens: tuple, quick: bool, probe_mib: int = 512, flush_mib: int = 64,
-        variants: tuple[str, ...] = ("auto",)) -> dict:
+        variants: tuple[str, ...] = ("auto",), prefetch_baseline: bool = False) -> dict:
     probe = Probe(probe_mib)
     flush = torch.ones(flush_mib * 2 ** 18, dtype=torch.float32)             # 64 MiB > last-level cache
     rows = []
@@ -129,8 +140,11 @@ def run(models: list[str], tokens: tuple, quick: bool, probe_mib: int = 512, flu
             for kernel in variants:
                 ex = CpuExperts.from_weights(w13, w2, dtype, group_size=GROUP_SIZE, kernel=kernel)
                 impls[ex.kernel_name], nbytes[ex.kernel_name] = ex.forward, ex.expert_nbytes()
-                if dtype in ("int8", "int4") and ex._ext.amx_enabled():   # in-run baseline: the same call on VNNI tiles
-                    impls[f"{ex.kernel_name} VNNI only"], nbytes[f"{ex.kernel_name} VNNI only"] = without_amx(ex), ex.expert_nbytes()
+                off = (["VNNI only"] if dtype in ("int8", "int4") and ex._ext.amx_enabled() else []) + \
+                      (["no next-block prefetch"] if prefetch_baseline and ex.kernel_name.startswith("fused_cpu/") else [])
+                for label in off:
+                    impls[f"{ex.kernel_name} {label}"] = switched_off(ex, BASELINES[label])
+                    nbytes[f"{ex.kernel_name} {label}"] = ex.expert_nbytes()
         for dtype in ("int8", "int4"):   # the torch-only route: per-expert torch int ops
             ex = TorchExperts.from_weights(w13, w2, dtype, GROUP_SIZE)
             impls[ex.kernel_name], nbytes[ex.kernel_name] = ex.forward, ex.expert_nbytes()
@@ -195,7 +209,7 @@ def targets(result: dict) -> list[str]:
     def ours(model, T, dtype):
         return next((r for r in result["rows"] if r["model"] == model and r["T"] == T
                      and r["impl"].startswith("fused_cpu/") and r["impl"].split()[1].startswith(dtype)
-                     and not r["impl"].endswith("VNNI only")), None)
+                     and not is_baseline(r["impl"])), None)
     lines = ["### Targets (2-core VM)"]
     for model in MODELS:
         checks = [("int4 T=1 x BW >= 0.7", ours(model, 1, "int4"), "of_bandwidth", 0.7),
@@ -218,6 +232,8 @@ def main(argv=None) -> int:
                    help="comma-separated kernel variants to run (default: auto = the best this CPU runs); the targets "
                         "read the first. To stand in for an AVX2-only CPU, run '--variants avx2,generic' with "
                         "ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 so torch does too")
+    p.add_argument("--prefetch-baseline", action="store_true",
+                   help="also run each fused row with the tiles' next-block prefetch off, in the same rounds")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--md", help="write the table here")
     args = p.parse_args(argv)
@@ -227,7 +243,7 @@ def main(argv=None) -> int:
             "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": describe_cpu(), "machine": platform.node(),
             "threads": torch.get_num_threads(), "variants": args.variants, "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg())}
     result = run(args.models.split(","), QUICK_TOKENS if args.quick else TOKENS, args.quick,
-                 variants=tuple(args.variants.split(",")))
+                 variants=tuple(args.variants.split(",")), prefetch_baseline=args.prefetch_baseline)
     meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     table = format_table(result, meta)
     print(table)

@@ -116,6 +116,25 @@ def test_independent_of_thread_count(expert_dtype):
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
 
 
+
+@pytest.mark.parametrize("kernel", [k for k in KERNELS if k != "torch"])
+@pytest.mark.parametrize("expert_dtype", EXPERT_DTYPES)
+def test_next_block_prefetch_changes_no_bit(kernel, expert_dtype):
+    """The benchmark's in-run baseline switches the prefetch off: the same results, only the speed may differ."""
+    T, E, K, H, I, G = 21, 4, 2, 160, 200, 32
+    w13, w2 = make_weights(E, H, I, seed=13)
+    x = torch.randn(T, H, generator=torch.Generator().manual_seed(14))
+    ids, weights = make_routing(T, E, K, seed=15)
+    experts = CpuExperts.from_weights(w13, w2, expert_dtype, group_size=G, kernel=kernel)
+    on = experts.forward(x, ids, weights)
+    experts._ext.set_next_block_prefetch(False)
+    try:
+        off = experts.forward(x, ids, weights)
+    finally:
+        experts._ext.set_next_block_prefetch(True)
+    assert torch.equal(on, off)
+
+
 AMX = "amx" in KERNELS
 
 

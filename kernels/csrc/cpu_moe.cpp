@@ -79,6 +79,11 @@ void set_amx(bool on) {
   g_amx = on;
 }
 
+// Tiles prefetch the blocks their caller runs next into L2 (WeightBlock::ahead). On by default; benchmarks
+// switch it off for an in-run baseline.
+bool g_next_block_prefetch = true;
+void set_next_block_prefetch(bool on) { g_next_block_prefetch = on; }
+
 Tiles tiles_for(WeightType wt) {
 #ifdef CPU_MOE_AMX
   if (g_amx && wt == WeightType::int8)
@@ -126,6 +131,9 @@ struct Matrix {          // one projection of every expert, packed
     return wb;
   }
 };
+
+// Bytes to the line `blocks` further on in memory: where the caller's next tile reads.
+int64_t ahead(const Matrix& m, int64_t blocks) { return g_next_block_prefetch ? blocks * m.block_bytes() : 0; }
 
 struct ActBuffer {       // quantized activation rows in the layout the tiles expect
   std::vector<uint8_t> q;
@@ -274,7 +282,8 @@ void moe_forward(int weight_type, int group, int64_t T, int64_t K, int64_t E, in
     float tile_out[kMaxTM * kRB * kRows];                              // [TM, 2 * 16]
     ActRow rows[kMaxTM];
     for (int64_t p = task.p0; p < task.p1; p++) {
-      const WeightBlock wb[kRB] = {w13.block(task.e, p), w13.block(task.e, pairs + p)};   // gate, up
+      WeightBlock wb[kRB] = {w13.block(task.e, p), w13.block(task.e, pairs + p)};   // gate, up
+      wb[0].ahead = wb[1].ahead = ahead(w13, 1);                       // next: gate p + 1, up p + 1
       for_each_tile(tiles, task.s1 - task.s0, [&](int64_t first, int j) {
         const int tm = tiles.tm[j];
         for (int t = 0; t < tm; t++) rows[t] = x_row(task.s0 + first + t);
@@ -300,7 +309,8 @@ void moe_forward(int weight_type, int group, int64_t T, int64_t K, int64_t E, in
     for (int64_t e : active)                                           // each expert's blocks b0..b1 are contiguous
       for (int64_t b = b0; b < b1 && b * kRows < H; b += kRB) {
         const int64_t cols = std::min<int64_t>(kRB * kRows, H - b * kRows);
-        const WeightBlock wb[kRB] = {w2.block(e, b), w2.block(e, b + 1)};
+        WeightBlock wb[kRB] = {w2.block(e, b), w2.block(e, b + 1)};
+        wb[0].ahead = wb[1].ahead = ahead(w2, kRB);                    // next: blocks b + 2, b + 3
         for_each_tile(tiles, count[e + 1] - count[e], [&](int64_t first, int j) {
           const int tm = tiles.tm[j];
           const int64_t s0 = count[e] + first;
@@ -334,7 +344,8 @@ void linear_forward(int weight_type, int group, int64_t T, int64_t N, int64_t K,
     float tile_out[kMaxTM * kRB * kRows];
     ActRow rows[kMaxTM];
     for (int64_t p = i * kLinearPairs; p < std::min(pairs, (i + 1) * kLinearPairs); p++) {
-      const WeightBlock wb[kRB] = {w.block(0, kRB * p), w.block(0, kRB * p + 1)};
+      WeightBlock wb[kRB] = {w.block(0, kRB * p), w.block(0, kRB * p + 1)};
+      wb[0].ahead = wb[1].ahead = ahead(w, kRB);                       // next: the next pair
       const int64_t c0 = p * kRB * kRows, cols = std::min<int64_t>(kRB * kRows, N - c0);
       for_each_tile(tiles, T, [&](int64_t first, int j) {
         const int tm = tiles.tm[j];
@@ -356,6 +367,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("amx_enabled", &cpu_moe::amx_enabled, "whether the int8/int4 paths use the AMX tiles for 16-token tiles");
   m.def("amx_tile_calls", &cpu_moe::amx_calls, "AMX tile calls so far in this process (tests)");
   m.def("set_amx", &cpu_moe::set_amx, "switch the AMX tiles on or off (off: the VNNI tiles only; same results)");
+  m.def("set_next_block_prefetch", &cpu_moe::set_next_block_prefetch,
+        "switch the tiles' prefetch of the next blocks into L2 on or off (off: an in-run baseline; same results)");
   m.def("set_num_threads", &cpu_moe::set_num_threads);
   m.def("get_num_threads", &cpu_moe::get_num_threads);
   m.def("check_task_pool", &cpu_moe::check_task_pool, pybind11::call_guard<pybind11::gil_scoped_release>());

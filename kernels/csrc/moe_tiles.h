@@ -29,6 +29,7 @@ constexpr int kFlushK = 256;  // int8: 256 * 127 * 32767 < 2^31, so int32 sums o
 struct WeightBlock {        // one packed block of 16 rows
   const void* q;
   const void* scale;        // int8: fp32 [16]; int4: bf16 [Kp/G][2][16] (scale, min); else unused
+  int64_t ahead = 0;        // bytes to the same line of the block the caller runs next (0: none)
 };
 
 struct ActRow {             // one activation row

@@ -23,8 +23,10 @@ inline __m256 bf16x8_to_fp32(const void* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
+// The line kPrefetchAvx2 bytes ahead into L1, and the same line of the caller's next block (`ahead`) into L2.
 inline void prefetch(const void* p, int64_t ahead) {
-  _mm_prefetch(static_cast<const char*>(p) + ahead, _MM_HINT_T0);
+  _mm_prefetch(static_cast<const char*>(p) + kPrefetchAvx2, _MM_HINT_T0);
+  if (ahead) _mm_prefetch(static_cast<const char*>(p) + ahead, _MM_HINT_T1);
 }
 
 // Runs a tile of TM > kAvx2TM tokens as tiles of kAvx2TM; returns false when TM fits in registers.
@@ -51,7 +53,7 @@ inline void tile_fp32(const WeightBlock* wb, const ActRow* a, int64_t Kp, int G,
     __m256 acc[TM][2];
     for (int t = 0; t < TM; t++) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
     for (int64_t k = 0; k < Kp; k++) {
-      if (k % 4 == 0) prefetch(w + k * kRows, kPrefetchAvx2);
+      if (k % 4 == 0) prefetch(w + k * kRows, wb[rb].ahead);
       const __m256 v0 = _mm256_loadu_ps(w + k * kRows), v1 = _mm256_loadu_ps(w + k * kRows + 8);
       for (int t = 0; t < TM; t++) {
         const __m256 av = _mm256_set1_ps(static_cast<const float*>(a[t].q)[k]);
@@ -73,7 +75,7 @@ inline void tile_bf16(const WeightBlock* wb, const ActRow* a, int64_t Kp, int G,
     __m256 acc[TM][2];
     for (int t = 0; t < TM; t++) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
     for (int64_t k = 0; k < Kp; k += 2) {
-      prefetch(w + k * kRows, kPrefetchAvx2);
+      prefetch(w + k * kRows, wb[rb].ahead);
       __m256 e[2], o[2];
       for (int h = 0; h < 2; h++) {
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k * kRows + 16 * h));
@@ -108,7 +110,7 @@ inline void tile_int8(const WeightBlock* wb, const ActRow* a, int64_t Kp, int G,
       for (int t = 0; t < TM; t++) iacc[t][0] = iacc[t][1] = _mm256_setzero_si256();
       const int64_t k1 = std::min<int64_t>(k0 + kFlushK, Kp);
       for (int64_t k = k0; k < k1; k += 2) {
-        if (k % 4 == 0) prefetch(w + k * kRows, kPrefetchAvx2);
+        if (k % 4 == 0) prefetch(w + k * kRows, wb[rb].ahead);
         __m256i v[2];
         for (int h = 0; h < 2; h++)
           v[h] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k * kRows + 16 * h)));
@@ -145,7 +147,7 @@ inline void tile_int4(const WeightBlock* wb, const ActRow* a, int64_t Kp, int G,
         __m256i sacc[TM][2];
         for (int t = 0; t < TM; t++) sacc[t][0] = sacc[t][1] = _mm256_setzero_si256();
         for (int64_t k = k0; k < std::min<int64_t>(k0 + kS16K, (g + 1) * G); k += 8) {
-          prefetch(w + k * 8, kPrefetchAvx2);
+          prefetch(w + k * 8, wb[rb].ahead);
           __m256i lo[2], hi[2];
           for (int h = 0; h < 2; h++) {
             const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k * 8 + 32 * h));
