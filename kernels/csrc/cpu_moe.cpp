@@ -79,8 +79,9 @@ void set_amx(bool on) {
   g_amx = on;
 }
 
-// Tiles prefetch the blocks their caller runs next into L2 (WeightBlock::ahead). On by default; benchmarks
-// switch it off for an in-run baseline.
+// The first tile over each block pair prefetches the pair the caller runs next into L2 (WeightBlock::ahead), so
+// that DRAM streams while later tiles re-read this pair for more tokens. On by default; benchmarks switch it off
+// for an in-run baseline.
 bool g_next_block_prefetch = true;
 void set_next_block_prefetch(bool on) { g_next_block_prefetch = on; }
 
@@ -283,8 +284,9 @@ void moe_forward(int weight_type, int group, int64_t T, int64_t K, int64_t E, in
     ActRow rows[kMaxTM];
     for (int64_t p = task.p0; p < task.p1; p++) {
       WeightBlock wb[kRB] = {w13.block(task.e, p), w13.block(task.e, pairs + p)};   // gate, up
-      wb[0].ahead = wb[1].ahead = ahead(w13, 1);                       // next: gate p + 1, up p + 1
+      const int64_t next = ahead(w13, 1);                              // next: gate p + 1, up p + 1
       for_each_tile(tiles, task.s1 - task.s0, [&](int64_t first, int j) {
+        wb[0].ahead = wb[1].ahead = first == 0 ? next : 0;   // once per pair
         const int tm = tiles.tm[j];
         for (int t = 0; t < tm; t++) rows[t] = x_row(task.s0 + first + t);
         tiles.fn[j](wb, rows, Hk, group, tile_out);
@@ -310,8 +312,9 @@ void moe_forward(int weight_type, int group, int64_t T, int64_t K, int64_t E, in
       for (int64_t b = b0; b < b1 && b * kRows < H; b += kRB) {
         const int64_t cols = std::min<int64_t>(kRB * kRows, H - b * kRows);
         WeightBlock wb[kRB] = {w2.block(e, b), w2.block(e, b + 1)};
-        wb[0].ahead = wb[1].ahead = ahead(w2, kRB);                    // next: blocks b + 2, b + 3
+        const int64_t next = ahead(w2, kRB);                           // next: blocks b + 2, b + 3
         for_each_tile(tiles, count[e + 1] - count[e], [&](int64_t first, int j) {
+          wb[0].ahead = wb[1].ahead = first == 0 ? next : 0;   // once per pair
           const int tm = tiles.tm[j];
           const int64_t s0 = count[e] + first;
           for (int t = 0; t < tm; t++) rows[t] = aq.row(s0 + t);
@@ -345,9 +348,10 @@ void linear_forward(int weight_type, int group, int64_t T, int64_t N, int64_t K,
     ActRow rows[kMaxTM];
     for (int64_t p = i * kLinearPairs; p < std::min(pairs, (i + 1) * kLinearPairs); p++) {
       WeightBlock wb[kRB] = {w.block(0, kRB * p), w.block(0, kRB * p + 1)};
-      wb[0].ahead = wb[1].ahead = ahead(w, kRB);                       // next: the next pair
+      const int64_t next = ahead(w, kRB);                              // next: the next pair
       const int64_t c0 = p * kRB * kRows, cols = std::min<int64_t>(kRB * kRows, N - c0);
       for_each_tile(tiles, T, [&](int64_t first, int j) {
+        wb[0].ahead = wb[1].ahead = first == 0 ? next : 0;   // once per pair
         const int tm = tiles.tm[j];
         for (int t = 0; t < tm; t++) rows[t] = xq.row(first + t);
         tiles.fn[j](wb, rows, Kp, group, tile_out);
