@@ -97,8 +97,9 @@ Tiles tiles_for(WeightType wt) {
     case WeightType::bf16: return {{tile_bf16<8>, tile_bf16<4>, tile_bf16<2>, tile_bf16<1>}, {8, 4, 2, 1}, 4};
     case WeightType::bf16_fp32act:
       return {{tile_bf16<8, true>, tile_bf16<4, true>, tile_bf16<2, true>, tile_bf16<1, true>}, {8, 4, 2, 1}, 4};
-    case WeightType::int8: return {{tile_int8<4>, tile_int8<2>, tile_int8<1>, nullptr}, {4, 2, 1, 0}, 3};
-    case WeightType::int4: return {{tile_int4<4>, tile_int4<2>, tile_int4<1>, nullptr}, {4, 2, 1, 0}, 3};
+    // A 3-token tile: an expert's 7 tokens take two passes over its blocks (4 + 3), not three (4 + 2 + 1).
+    case WeightType::int8: return {{tile_int8<4>, tile_int8<3>, tile_int8<2>, tile_int8<1>}, {4, 3, 2, 1}, 4};
+    case WeightType::int4: return {{tile_int4<4>, tile_int4<3>, tile_int4<2>, tile_int4<1>}, {4, 3, 2, 1}, 4};
   }
   throw std::invalid_argument("unknown weight type");
 }

@@ -1,7 +1,7 @@
 // Tile kernels of the fused CPU MoE: out[t, r] = dot(weight row r, activation row t), dequantized to fp32.
 //
-// Legend: TM tokens per tile (1, 2, 4 or 8), RB = 2 weight blocks per tile, 16 rows per block,
-//         Kp the padded reduction length, G the int4 group size.
+// Legend: TM tokens per tile (fp32, bf16: 8, 4, 2, 1; int8, int4: 4, 3, 2, 1; AMX: 16), RB = 2 weight blocks
+//         per tile, 16 rows per block, Kp the padded reduction length, G the int4 group size.
 // Packed weight blocks (16 output rows each; see kernels/quantize.py, which writes them):
 //   fp32 [Kp][16]            bf16 [Kp/2][16][2]  (a pair of k per 32-bit lane)
 //   int8 [Kp/2][16][2] s8    + scale fp32 [16]
