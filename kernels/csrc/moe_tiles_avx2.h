@@ -16,6 +16,7 @@
 namespace cpu_moe {
 
 constexpr int kPrefetchAvx2 = 2048;   // bytes ahead in each weight stream
+constexpr int kPrefetchScales = 256;  // int4 scale/min stream: 64 bytes per group, 4 groups ahead
 constexpr int kAvx2TM = 4;            // most tokens per tile in registers
 
 inline __m256 bf16x8_to_fp32(const void* p) {
@@ -141,6 +142,7 @@ inline void tile_int4(const WeightBlock* wb, const ActRow* a, int64_t Kp, int G,
     __m256 acc[TM][2];
     for (int t = 0; t < TM; t++) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
     for (int64_t g = 0; g < Kp / G; g++) {
+      _mm_prefetch(reinterpret_cast<const char*>(s + g * 2 * kRows) + kPrefetchScales, _MM_HINT_T0);
       __m256i gacc[TM][2];
       for (int t = 0; t < TM; t++) gacc[t][0] = gacc[t][1] = _mm256_setzero_si256();
       for (int64_t k0 = g * G; k0 < (g + 1) * G; k0 += kS16K) {
