@@ -17,8 +17,8 @@ constexpr int kPrefetchInt4 = 2048, kPrefetchInt8 = 4096, kPrefetchBf16 = 4096;
 constexpr int kPrefetchScales = 256;
 
 // The line `near` bytes ahead in both streams into L1, and the same line of the caller's next blocks
-// (WeightBlock::ahead) into L2: while a tile re-reads its blocks for more tokens, or runs its last lines,
-// the next tile's weights arrive from DRAM.
+// (WeightBlock::ahead, set for the first tile over a pair) into L2: the later tiles, which re-read the
+// pair from cache for more tokens, leave DRAM to the next pair.
 inline void prefetch_weights(const WeightBlock* wb, const void* p0, const void* p1, int near) {
   _mm_prefetch(static_cast<const char*>(p0) + near, _MM_HINT_T0);
   _mm_prefetch(static_cast<const char*>(p1) + near, _MM_HINT_T0);
