@@ -116,7 +116,6 @@ def test_independent_of_thread_count(expert_dtype):
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
 
 
-
 @pytest.mark.parametrize("kernel", [k for k in KERNELS if k != "torch"])
 @pytest.mark.parametrize("expert_dtype", EXPERT_DTYPES)
 def test_next_block_prefetch_changes_no_bit(kernel, expert_dtype):

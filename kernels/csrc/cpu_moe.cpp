@@ -210,11 +210,16 @@ void quantize_rows(WeightType wt, int group, const float* src, int64_t rows, int
   });
 }
 
-// Calls fn(first_row, tm, tile_out) over n rows in tiles of decreasing size.
-template <class F> void for_each_tile(const Tiles& tiles, int64_t n, const F& fn) {
+// Calls fn(first_row, tile_index) over n rows in tiles of decreasing size, all over the block pair wb. Only the
+// first tile prefetches the pair the caller runs next (`next` bytes on, see ahead()): the later ones re-read wb.
+template <class F>
+void for_each_tile(const Tiles& tiles, int64_t n, WeightBlock (&wb)[kRB], int64_t next, const F& fn) {
   int64_t i = 0;
   for (int j = 0; j < tiles.count; j++)
-    for (; n - i >= tiles.tm[j]; i += tiles.tm[j]) fn(i, j);
+    for (; n - i >= tiles.tm[j]; i += tiles.tm[j]) {
+      wb[0].ahead = wb[1].ahead = i == 0 ? next : 0;
+      fn(i, j);
+    }
 }
 
 void moe_forward(int weight_type, int group, int64_t T, int64_t K, int64_t E, int64_t H, int64_t I,
@@ -285,9 +290,7 @@ void moe_forward(int weight_type, int group, int64_t T, int64_t K, int64_t E, in
     ActRow rows[kMaxTM];
     for (int64_t p = task.p0; p < task.p1; p++) {
       WeightBlock wb[kRB] = {w13.block(task.e, p), w13.block(task.e, pairs + p)};   // gate, up
-      const int64_t next = ahead(w13, 1);                              // next: gate p + 1, up p + 1
-      for_each_tile(tiles, task.s1 - task.s0, [&](int64_t first, int j) {
-        wb[0].ahead = wb[1].ahead = first == 0 ? next : 0;   // once per pair
+      for_each_tile(tiles, task.s1 - task.s0, wb, ahead(w13, 1), [&](int64_t first, int j) {   // next: gate, up p + 1
         const int tm = tiles.tm[j];
         for (int t = 0; t < tm; t++) rows[t] = x_row(task.s0 + first + t);
         tiles.fn[j](wb, rows, Hk, group, tile_out);
@@ -313,9 +316,7 @@ void moe_forward(int weight_type, int group, int64_t T, int64_t K, int64_t E, in
       for (int64_t b = b0; b < b1 && b * kRows < H; b += kRB) {
         const int64_t cols = std::min<int64_t>(kRB * kRows, H - b * kRows);
         WeightBlock wb[kRB] = {w2.block(e, b), w2.block(e, b + 1)};
-        const int64_t next = ahead(w2, kRB);                           // next: blocks b + 2, b + 3
-        for_each_tile(tiles, count[e + 1] - count[e], [&](int64_t first, int j) {
-          wb[0].ahead = wb[1].ahead = first == 0 ? next : 0;   // once per pair
+        for_each_tile(tiles, count[e + 1] - count[e], wb, ahead(w2, kRB), [&](int64_t first, int j) {   // next: b + 2
           const int tm = tiles.tm[j];
           const int64_t s0 = count[e] + first;
           for (int t = 0; t < tm; t++) rows[t] = aq.row(s0 + t);
@@ -349,10 +350,8 @@ void linear_forward(int weight_type, int group, int64_t T, int64_t N, int64_t K,
     ActRow rows[kMaxTM];
     for (int64_t p = i * kLinearPairs; p < std::min(pairs, (i + 1) * kLinearPairs); p++) {
       WeightBlock wb[kRB] = {w.block(0, kRB * p), w.block(0, kRB * p + 1)};
-      const int64_t next = ahead(w, kRB);                              // next: the next pair
       const int64_t c0 = p * kRB * kRows, cols = std::min<int64_t>(kRB * kRows, N - c0);
-      for_each_tile(tiles, T, [&](int64_t first, int j) {
-        wb[0].ahead = wb[1].ahead = first == 0 ? next : 0;   // once per pair
+      for_each_tile(tiles, T, wb, ahead(w, kRB), [&](int64_t first, int j) {   // next: the next pair
         const int tm = tiles.tm[j];
         for (int t = 0; t < tm; t++) rows[t] = xq.row(first + t);
         tiles.fn[j](wb, rows, Kp, group, tile_out);
