@@ -10,6 +10,12 @@ and a per-expert loop). The machine is shared, so every implementation and the b
 round-robin: each round runs each once, so they share the same time window (and the same contention),
 and all ratios come from that window. Routing is random and changes every call, and the last-level cache
 is flushed before every call: the weights come from DRAM, as in a model with many layers.
+
+libgomp keeps torch's OpenMP workers spinning for about 8 ms after each parallel region (its default
+GOMP_SPINCOUNT); on a 2-core machine that spinner takes the core the next fused row's second thread needs
+(measured: 1.2x slower int4 T=1 Qwen rows). The engine never runs in its shadow, since torch ops get one
+thread there while the extension's pool runs. So the bench shortens the spin (torch's back-to-back regions
+inside one call stay hot) and flushes on one thread, and every row starts with no spinner left.
 """
 import argparse
 import json
@@ -20,12 +26,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")   # before torch loads libgomp (see above)
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
-from kernels.cpu_moe import CpuExperts, describe_cpu
-from kernels.moe_reference import moe_reference
-from kernels.moe_torch import TorchExperts
+from kernels.cpu_moe import CpuExperts, describe_cpu  # noqa: E402
+from kernels.moe_reference import moe_reference  # noqa: E402
+from kernels.moe_torch import TorchExperts  # noqa: E402
 
 # resident: experts kept in memory (24 GiB, shared machine: every format of one model at once stays
 # under ~4 GB); routing picks top-k among those.
@@ -47,6 +54,21 @@ class Probe:
 
     def __call__(self, *_):
         self.buf.sum()
+
+
+class Flush:
+    """Evicts the last-level cache before a timed call: a sum over 64 MiB on one thread, so that it starts no
+    OpenMP spinner of its own and outlasts the (shortened) spin of the row before."""
+    def __init__(self, mib: int = 64):
+        self.buf = torch.ones(mib * 2 ** 18, dtype=torch.float32)
+
+    def __call__(self):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            self.buf.sum()
+        finally:
+            torch.set_num_threads(threads)
 
 
 def round_robin(impls: dict, calls: list, flush, min_rounds: int, budget_s: float) -> dict[str, list[float]]:
@@ -127,7 +149,7 @@ def fill_x(calls, H):
 def run(models: list[str], tokens: tuple, quick: bool, probe_mib: int = 512, flush_mib: int = 64,
         variants: tuple[str, ...] = ("auto",), prefetch_baseline: bool = False) -> dict:
     probe = Probe(probe_mib)
-    flush = torch.ones(flush_mib * 2 ** 18, dtype=torch.float32)             # 64 MiB > last-level cache
+    flush = Flush(flush_mib)                                                 # 64 MiB > last-level cache
     rows = []
     for name in models:
         m = MODELS[name]
@@ -157,7 +179,7 @@ def run(models: list[str], tokens: tuple, quick: bool, probe_mib: int = 512, flu
             calls = fill_x(make_routings(T, R, K, 16, T), H)
             experts_read = statistics.mean(c[1].unique().numel() for c in calls)
             here = {k: v for k, v in impls.items() if T <= 64 or not k.startswith("torch/_weight")}   # too slow
-            times = round_robin({**here, "bandwidth probe": probe}, calls, flush.sum, 2 if quick else 3,
+            times = round_robin({**here, "bandwidth probe": probe}, calls, flush, 2 if quick else 3,
                                 0.5 if quick else 3.0)
             bandwidth = probe.nbytes / statistics.median(times.pop("bandwidth probe"))
             print(f"  {name} T={T}: bandwidth {bandwidth / 1e9:.1f} GB/s, {len(times[next(iter(times))])} rounds",

@@ -40,6 +40,8 @@ class CpuLinear(nn.Module):
         self.register_buffer("w_scale", packed.get("scale", torch.empty(0)), persistent=False)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone(), persistent=False)
         self._ext = build.load_variant(self.variant)
+        self._kernel_type = KERNEL_TYPE[dtype]
+        self._weight_ptrs = (self.w_q.data_ptr(), self.w_scale.data_ptr() if self.w_scale.numel() else 0)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, dtype: str = "bf16", variant: str | None = None) -> "CpuLinear":
@@ -49,14 +51,17 @@ class CpuLinear(nn.Module):
         """x [..., K] -> [..., N] in x's dtype."""
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x must end with {self.in_features} features, got {tuple(x.shape)}")
-        x2 = x.detach().reshape(-1, self.in_features).float().contiguous()   # [T, K]
-        out = torch.empty(x2.shape[0], self.out_features, dtype=torch.float32)  # [T, N]
-        if x2.shape[0]:
-            self._ext.linear_forward(KERNEL_TYPE[self.dtype], 32, x2.shape[0], self.out_features, self.in_features,
-                                     self.Np, self.Kp, x2.data_ptr(), out.data_ptr(), self.w_q.data_ptr(),
-                                     self.w_scale.data_ptr() if self.w_scale.numel() else 0)
+        # Few torch calls on purpose, as in CpuExperts.forward: each runs on a cold cache in every layer.
+        x2 = x.reshape(-1, self.in_features).float().contiguous()            # [T, K]
+        T = x2.shape[0]
+        out = torch.empty(T, self.out_features, dtype=torch.float32)           # [T, N]
+        if T:
+            self._ext.linear_forward(self._kernel_type, 32, T, self.out_features, self.in_features, self.Np, self.Kp,
+                                     x2.data_ptr(), out.data_ptr(), *self._weight_ptrs)
         if self.bias is not None:
             out += self.bias
+        if x.dim() == 2 and x.dtype == torch.float32:
+            return out
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -69,6 +69,10 @@ class CpuExperts:
         suffix = f"(g{group_size})" if expert_dtype == "int4" else ""
         self.kernel_name = f"fused_cpu/{kernel} {expert_dtype}{suffix}"
         self.nbytes = sum(t.numel() * t.element_size() for t in packed.values())
+        self._weight_type = WEIGHT_TYPE[expert_dtype]
+        self._shape = (self.num_experts, self.hidden_size, self.intermediate_size, self.Hk, self.Hn, self.Ia)
+        self._weight_ptrs = (packed["w13_q"].data_ptr(), _ptr(packed, "w13_scale"), packed["w2_q"].data_ptr(),
+                             _ptr(packed, "w2_scale"))
 
     @classmethod
     def from_weights(cls, w13: torch.Tensor, w2: torch.Tensor, expert_dtype: str = "int8", group_size: int = 32,
@@ -110,20 +114,18 @@ class CpuExperts:
 
     def forward(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
         """x [T, H], topk_ids [T, K] (-1 = masked), topk_weights [T, K] -> [T, H] in x's dtype."""
+        # Few torch calls on purpose: each one runs on a cold cache after the layer's weights streamed through it
+        # (measured: 15 us per call warm, 200 us cold for the previous 30-call version at T=1).
         check_routing(x, topk_ids, topk_weights, self.hidden_size)
-        x32 = x.detach().float().contiguous()                               # [T, H]
-        ids = topk_ids.detach().to(torch.int64).contiguous()                # [T, K]
-        w = topk_weights.detach().float().contiguous()                      # [T, K]
-        out = torch.zeros(x.shape[0], self.hidden_size, dtype=torch.float32)  # [T, H]
-        p = self.packed
-        for t0 in range(0, x.shape[0], MAX_TOKENS_PER_CALL):
-            t1 = min(t0 + MAX_TOKENS_PER_CALL, x.shape[0])
-            self._ext.moe_forward(
-                WEIGHT_TYPE[self.expert_dtype], self.group_size, t1 - t0, ids.shape[1], self.num_experts,
-                self.hidden_size, self.intermediate_size, self.Hk, self.Hn, self.Ia,
-                x32[t0:t1].data_ptr(), ids[t0:t1].data_ptr(), w[t0:t1].data_ptr(), out[t0:t1].data_ptr(),
-                p["w13_q"].data_ptr(), _ptr(p, "w13_scale"), p["w2_q"].data_ptr(), _ptr(p, "w2_scale"))
-        return out.to(x.dtype)
+        x32, ids, w = x.float().contiguous(), topk_ids.long().contiguous(), topk_weights.float().contiguous()
+        T, K = ids.shape
+        out = torch.empty(T, self.hidden_size, dtype=torch.float32)    # [T, H], zero-filled by the kernel
+        H, xp, ip, wp, op = self.hidden_size, x32.data_ptr(), ids.data_ptr(), w.data_ptr(), out.data_ptr()
+        for t0 in range(0, T, MAX_TOKENS_PER_CALL):                     # pointers into rows t0.. of each
+            self._ext.moe_forward(self._weight_type, self.group_size, min(MAX_TOKENS_PER_CALL, T - t0), K,
+                                  *self._shape, xp + t0 * H * 4, ip + t0 * K * 8, wp + t0 * K * 4, op + t0 * H * 4,
+                                  *self._weight_ptrs)
+        return out if x.dtype == torch.float32 else out.to(x.dtype)
 
     __call__ = forward
 
@@ -147,6 +149,10 @@ def check_expert_weights(w13: torch.Tensor, w2: torch.Tensor) -> tuple[int, int,
 
 
 def check_routing(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, hidden_size: int) -> None:
+    xs, ks = x.shape, topk_ids.shape
+    if (len(xs) == 2 and xs[1] == hidden_size and len(ks) == 2 and ks[0] == xs[0] and topk_weights.shape == ks
+            and x.is_floating_point() and not topk_ids.is_floating_point() and x.is_cpu):
+        return   # the common case in one expression: these calls run on a cold cache in every layer
     if x.dim() != 2 or x.shape[1] != hidden_size or not x.is_floating_point():
         raise ValueError(f"x must be a floating-point [T, {hidden_size}] tensor, got {tuple(x.shape)} {x.dtype}")
     if topk_ids.dim() != 2 or topk_ids.shape[0] != x.shape[0] or topk_ids.is_floating_point():

@@ -4,7 +4,7 @@
 // Legend: T tokens, K top-k slots, S routed slots (sorted by expert), E experts, H hidden, I intermediate;
 //         Hk = H padded for the first GEMM's reduction, Hn = H padded to 32 rows, Ia = I padded.
 // Inputs (contiguous, checked in kernels/cpu_moe.py): x fp32 [T, H], topk_ids int64 [T, K],
-// topk_weights fp32 [T, K], out fp32 [T, H] zero-filled. Packed weights: see moe_tiles.h.
+// topk_weights fp32 [T, K], out fp32 [T, H] (zero-filled here). Packed weights: see moe_tiles.h.
 //   w13: blocks [E][2 * Ia / 16] (gate blocks, then up blocks) over Hk; w2: blocks [E][Hn / 16] over Ia.
 // Steps: route (counting sort by expert) -> quantize x rows -> gate/up tiles + SiLU-and-mul
 //        -> quantize the activation rows -> down tiles, each task owning 128 output columns of every
@@ -234,6 +234,7 @@ void moe_forward(int weight_type, int group, int64_t T, int64_t K, int64_t E, in
                    2 * Ia, Hk, group};
   const Matrix w2{wt, reinterpret_cast<const uint8_t*>(w2_q), reinterpret_cast<const uint8_t*>(w2_scale), Hn, Ia, group};
   const Tiles tiles = tiles_for(wt);
+  std::memset(out, 0, T * H * sizeof(float));   // every slot adds into its token's row
 
   // Route: counting sort of the T*K slots by expert (stable, so the order is fixed).
   std::vector<int64_t> count(E + 1, 0);
