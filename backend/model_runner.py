@@ -45,8 +45,7 @@ class ModelRunner:
         self.k_cache = torch.zeros(shape, dtype=dtype)     # [layers, slots, Hkv, D]
         self.v_cache = torch.zeros(shape, dtype=dtype)
         for i, layer in enumerate(model.model.layers):
-            layer.self_attn.k_cache, layer.self_attn.v_cache = self.k_cache[i], self.v_cache[i]
-            layer.self_attn.block_size = self.block_size
+            layer.self_attn.bind_cache(self.k_cache[i], self.v_cache[i], self.block_size)
         # Decode attention reads the cache in place when the CPU extension is built; torch gathers otherwise.
         self.use_paged_kernel = dtype in (torch.float32, torch.bfloat16) and cpu_attention.available()
         self.kv_cache_bytes = 2 * self.k_cache.numel() * self.k_cache.element_size()

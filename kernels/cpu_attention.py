@@ -34,10 +34,9 @@ def paged_attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                          f"do not match B={B}")
     if not (k_cache.is_contiguous() and v_cache.is_contiguous() and block_tables.is_contiguous()):
         raise ValueError("k_cache, v_cache and block_tables must be contiguous")
-    q32 = q.detach().float().contiguous()
-    lens = context_lens.contiguous()
+    q32, lens = q.float().contiguous(), context_lens.contiguous()
     out = torch.empty(B, Hq, D, dtype=torch.float32)
     build.load_variant(variant or best_variant()).paged_attention_decode(
         k_cache.dtype == torch.bfloat16, B, Hq, Hkv, D, S, block_tables.shape[1], float(scale), q32.data_ptr(),
         k_cache.data_ptr(), v_cache.data_ptr(), block_tables.data_ptr(), lens.data_ptr(), out.data_ptr())
-    return out.to(q.dtype)
+    return out if q.dtype == torch.float32 else out.to(q.dtype)

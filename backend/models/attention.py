@@ -57,8 +57,14 @@ class Attention(nn.Module):
         elif spec.qk_norm == "full":
             self.q_norm, self.k_norm = RMSNorm(hq * d, spec.rms_norm_eps), RMSNorm(hkv * d, spec.rms_norm_eps)
         self.scale = d ** -0.5
-        self.k_cache = self.v_cache = None     # [slots, Hkv, D], bound by the model runner
-        self.block_size = None                 # tokens per cache block, set with the cache
+        self.k_cache = self.v_cache = None     # [slots, Hkv, D], bound by the model runner (bind_cache)
+        self.block_size = None                 # tokens per cache block
+        self.paged_cache = None                # (k, v) viewed as [num_blocks, block_size, Hkv, D] for the decode kernel
+
+    def bind_cache(self, k_cache: torch.Tensor, v_cache: torch.Tensor, block_size: int) -> None:
+        self.k_cache, self.v_cache, self.block_size = k_cache, v_cache, block_size
+        shape = (-1, block_size, *k_cache.shape[1:])
+        self.paged_cache = k_cache.view(shape), v_cache.view(shape)
 
     def fuse_qkv(self, make_linear) -> None:
         """Replaces q/k/v_proj by make_linear(stacked weight, stacked bias): one kernel call per step instead of three."""
@@ -87,6 +93,8 @@ class Attention(nn.Module):
 
         self.k_cache[meta.slot_mapping] = k.to(self.k_cache.dtype)
         self.v_cache[meta.slot_mapping] = v.to(self.v_cache.dtype)
+        if not meta.prefills:                                           # decode-only step: rows are the decode rows
+            return self.o_proj(self._decode(q, meta.decode).reshape(n, -1))
         if self.k_cache.dtype != k.dtype:   # a whole-prompt prefill sees K/V as rounded in the cache, like every later step
             k, v = k.to(self.k_cache.dtype).to(k.dtype), v.to(self.v_cache.dtype).to(v.dtype)
 
@@ -113,9 +121,7 @@ class Attention(nn.Module):
     def _decode(self, q: torch.Tensor, d: DecodeBatch) -> torch.Tensor:
         """q [B_d, Hq, D] -> [B_d, Hq, D]: one new token per request against its cached context."""
         if d.use_kernel:
-            shape = (-1, self.block_size, *self.k_cache.shape[1:])        # [num_blocks, S, Hkv, D]
-            return paged_attention_decode(q, self.k_cache.view(shape), self.v_cache.view(shape), d.block_tables,
-                                          d.context_lens, self.scale)
+            return paged_attention_decode(q, *self.paged_cache, d.block_tables, d.context_lens, self.scale)
         kd = self.k_cache[d.slots].transpose(1, 2).to(q.dtype)          # [B_d, Hkv, L, D]
         vd = self.v_cache[d.slots].transpose(1, 2).to(q.dtype)
         od = F.scaled_dot_product_attention(q.unsqueeze(2), kd, vd, attn_mask=d.mask, scale=self.scale,

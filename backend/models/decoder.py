@@ -32,7 +32,7 @@ class DecoderModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         x = self.embed_tokens(input_ids)                                 # [N, H]
-        cos, sin = self.rotary(positions, x.dtype)                       # [N, D] each
+        cos, sin = self.rotary(positions, x.dtype)                       # [N, 1, D] each
         for layer in self.layers:
             x = layer(x, cos, sin, meta)
         return x
