@@ -123,7 +123,7 @@ def test_extension_settings_are_batch_invariant(model_dir):
 
     engine = LLMEngine.from_pretrained(model_dir, max_tokens_in_paged_kv_cache=8192, warmup=False,
                                        **({} if simd_tiles() else {"dense_dtype": "bf16"}))
-    assert any("dense linears: bf16" in note for note in engine.placement_notes), engine.placement_notes
+    assert any("dense linears and RMSNorms: bf16" in note for note in engine.placement_notes), engine.placement_notes
     assert engine.kv_dtype == torch.bfloat16 and engine.runner.use_paged_kernel
     prompts = ["The capital of France is", "Write a haiku about the sea.", "1, 2, 3, 4,"] + [
         f"Tell me about the number {i}." for i in range(9)]

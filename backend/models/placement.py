@@ -16,6 +16,7 @@ from torch import nn
 
 from backend.errors import ConfigError
 from backend.models.attention import Attention
+from backend.models.layers import RMSNorm
 from backend.models.moe import Experts
 
 log = logging.getLogger("backend")
@@ -70,6 +71,7 @@ def place_dense(model: nn.Module, dense_dtype: str, activation_dtype: torch.dtyp
     of its batch (kernels/cpu_linear.py). Returns the log line and whether the linears hold bf16 weights."""
     from kernels.cpu_linear import CpuLinear
     from kernels.cpu_moe import best_variant, simd_tiles
+    from kernels.cpu_norm import rms_norm
 
     if activation_dtype != torch.float32:
         return f"dense linears: {activation_dtype} like the activations (dtype)", activation_dtype == torch.bfloat16
@@ -84,19 +86,22 @@ def place_dense(model: nn.Module, dense_dtype: str, activation_dtype: torch.dtyp
             raise ConfigError("dense_dtype", "bf16 needs the CPU extension (python -m kernels.build); use fp32 or auto")
     if not use_bf16:
         return f"dense linears: fp32, torch ({why})", False
-    converted = 0
+    converted = norms = 0
     for module in model.modules():
         if isinstance(module, Attention):
             module.fuse_qkv(lambda weight, bias: CpuLinear(weight, bias, "bf16"))
             converted += 1
+        elif isinstance(module, RMSNorm) and module.weight.dtype == torch.float32:
+            module.kernel = rms_norm
+            norms += 1
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             full = f"{name}.{child_name}" if name else child_name
             if isinstance(child, nn.Linear):
                 setattr(module, child_name, CpuLinear.from_linear(child, "fp32" if full.endswith(ROUTERS) else "bf16"))
                 converted += 1
-    return (f"dense linears: bf16 weights x fp32 activations (fp32 arithmetic), CPU extension, batch-invariant "
-            f"({converted} layers incl. fp32 routers, q/k/v stacked per attention; {why})"), True
+    return (f"dense linears and RMSNorms: bf16 weights x fp32 activations (fp32 arithmetic), CPU extension, batch-invariant "
+            f"({converted} layers incl. fp32 routers, q/k/v stacked per attention; {norms} RMSNorms; {why})"), True
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@
 
 #include "fast_exp.h"
 #include "paged_attention.h"
+#include "rms_norm.h"
 #include "task_pool.h"
 
 #include <algorithm>
@@ -365,7 +366,7 @@ void linear_forward(int weight_type, int group, int64_t T, int64_t N, int64_t K,
 }  // namespace cpu_moe
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "Fused CPU MoE, dense linear and paged-attention decode: see kernels/cpu_moe.py, cpu_linear.py, cpu_attention.py";
+  m.doc() = "Fused CPU MoE, dense linear, paged-attention decode and RMSNorm: see kernels/cpu_moe.py, cpu_linear.py, cpu_attention.py, cpu_norm.py";
   m.attr("tiles") = CPU_MOE_TILES;
   m.def("moe_forward", &cpu_moe::moe_forward, pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("linear_forward", &cpu_moe::linear_forward, pybind11::call_guard<pybind11::gil_scoped_release>());
@@ -379,4 +380,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("check_task_pool", &cpu_moe::check_task_pool, pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("paged_attention_decode", &cpu_attention::paged_attention_decode,
         pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("rms_norm", &cpu_norm::rms_norm);   // microseconds: keeps the GIL
 }
