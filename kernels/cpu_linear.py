@@ -41,7 +41,15 @@ class CpuLinear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone(), persistent=False)
         self._ext = build.load_variant(self.variant)
         self._kernel_type = KERNEL_TYPE[dtype]
+        self._read_weight_ptrs()
+
+    def _read_weight_ptrs(self) -> None:
         self._weight_ptrs = (self.w_q.data_ptr(), self.w_scale.data_ptr() if self.w_scale.numel() else 0)
+
+    def _apply(self, fn, recurse=True):   # .to() and the like may replace the buffers: never keep a freed address
+        super()._apply(fn, recurse)
+        self._read_weight_ptrs()
+        return self
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, dtype: str = "bf16", variant: str | None = None) -> "CpuLinear":
