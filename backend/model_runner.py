@@ -44,10 +44,10 @@ class ModelRunner:
         shape = (spec.num_layers, slots, spec.num_kv_heads, spec.head_dim)
         self.k_cache = torch.zeros(shape, dtype=dtype)     # [layers, slots, Hkv, D]
         self.v_cache = torch.zeros(shape, dtype=dtype)
-        for i, layer in enumerate(model.model.layers):
-            layer.self_attn.bind_cache(self.k_cache[i], self.v_cache[i], self.block_size)
         # Decode attention reads the cache in place when the CPU extension is built; torch gathers otherwise.
         self.use_paged_kernel = dtype in (torch.float32, torch.bfloat16) and cpu_attention.available()
+        for i, layer in enumerate(model.model.layers):
+            layer.self_attn.bind_cache(self.k_cache[i], self.v_cache[i], self.block_size, self.use_paged_kernel)
         self.kv_cache_bytes = 2 * self.k_cache.numel() * self.k_cache.element_size()
 
     def _slots(self, block_table: list[int], start: int, end: int) -> torch.Tensor:

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from kernels import build
-from kernels.cpu_attention import paged_attention_decode
+from kernels.cpu_attention import paged_attention_decode, write_kv_cache
 from kernels.cpu_features import supported_variants
 from kernels.paged_attention_reference import paged_attention_reference
 
@@ -60,3 +60,37 @@ def test_bad_shapes_are_named():
         paged_attention_decode(q, kc, vc, tables, lens[:1], 0.125)
     with pytest.raises(ValueError, match="float32 or bfloat16"):
         paged_attention_decode(q, kc.half(), vc.half(), tables, lens, 0.125)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_write_kv_cache_matches_torch_index_put(variant, dtype):
+    g = torch.Generator().manual_seed(3)
+    N, Hq, Hkv, D, slots = 7, 6, 2, 16, 50
+    qkv = torch.randn(N, (Hq + 2 * Hkv) * D, generator=g) * 3          # k and v as strided views, as in the engine
+    qkv[0, Hq * D:Hq * D + 6] = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e-40, -0.0, 3.0000001])
+    k = qkv[:, Hq * D:(Hq + Hkv) * D].view(N, Hkv, D)
+    v = qkv[:, (Hq + Hkv) * D:].view(N, Hkv, D)
+    slot_mapping = torch.randperm(slots, generator=g)[:N]
+    ours = [torch.zeros(slots, Hkv, D, dtype=dtype) for _ in range(2)]
+    ref = [torch.zeros(slots, Hkv, D, dtype=dtype) for _ in range(2)]
+    write_kv_cache(k, v, *ours, slot_mapping, variant=variant)
+    ref[0][slot_mapping], ref[1][slot_mapping] = k.to(dtype), v.to(dtype)
+    bits = torch.int16 if dtype == torch.bfloat16 else torch.int32
+    for a, b in zip(ours, ref):   # bit for bit (-0.0, denormals and rounding ties included); any NaN stays a NaN
+        assert torch.equal(a.isnan(), b.isnan())
+        assert torch.equal(a.view(bits)[~a.isnan()], b.view(bits)[~b.isnan()])
+
+
+def test_write_kv_cache_refuses_bad_input():
+    k = torch.randn(3, 2, 8)
+    cache = torch.zeros(10, 2, 8)
+    with pytest.raises(IndexError, match="slot_mapping\\[1\\] = 10 is outside"):
+        write_kv_cache(k, k, cache, cache.clone(), torch.tensor([0, 10, 2]))
+    assert torch.equal(cache, torch.zeros(10, 2, 8))                    # nothing written
+    with pytest.raises(ValueError, match="^slot_mapping must be"):
+        write_kv_cache(k, k, cache, cache.clone(), torch.tensor([0, 1, 2], dtype=torch.int32))
+    with pytest.raises(ValueError, match="^v must be"):
+        write_kv_cache(k, k.double(), cache, cache.clone(), torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="^v_cache must be"):
+        write_kv_cache(k, k, cache, torch.zeros(10, 2, 8, dtype=torch.bfloat16), torch.tensor([0, 1, 2]))

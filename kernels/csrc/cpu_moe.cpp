@@ -380,5 +380,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("check_task_pool", &cpu_moe::check_task_pool, pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("paged_attention_decode", &cpu_attention::paged_attention_decode,
         pybind11::call_guard<pybind11::gil_scoped_release>());
-  m.def("rms_norm", &cpu_norm::rms_norm);   // microseconds: keeps the GIL
+  // Microseconds each: they keep the GIL.
+  m.def("write_kv_cache", &cpu_attention::write_kv_cache);
+  m.def("rms_norm", &cpu_norm::rms_norm);
 }
