@@ -9,6 +9,7 @@
 // One task per sequence streams each token's cache row [Hkv, D] once per pass (keys, then values) for all
 // heads, prefetching rows a few tokens ahead (blocks are scattered); results do not depend on the thread
 // count or on the other sequences in the batch.
+// write_kv_cache, below, puts each step's new keys and values into their slots before any of this reads them.
 #include "paged_attention.h"
 
 #include "fast_exp.h"
