@@ -16,7 +16,6 @@
 namespace cpu_moe {
 
 constexpr int kPrefetchAvx2 = 2048;   // bytes ahead in each weight stream
-constexpr int kPrefetchScales = 256;  // int4 scale/min stream: 64 bytes per group, 4 groups ahead
 constexpr int kAvx2TM = 4;            // most tokens per tile in registers
 
 inline __m256 bf16x8_to_fp32(const void* p) {

@@ -13,8 +13,6 @@ namespace cpu_moe {
 
 // Weight-stream prefetch distances (A/B-measured on Zen 5: -12% time at T=1, -25% at T=64).
 constexpr int kPrefetchInt4 = 2048, kPrefetchInt8 = 4096, kPrefetchBf16 = 4096;
-// int4 scale/min stream: 64 bytes per group, 4 groups ahead (A/B on Zen 4: 1.05-1.12x at T=1 and 8).
-constexpr int kPrefetchScales = 256;
 
 // The line `near` bytes ahead in both streams into L1, and the same line of the caller's next blocks
 // (WeightBlock::ahead, set for the first tile over a pair) into L2: the later tiles, which re-read the
