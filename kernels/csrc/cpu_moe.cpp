@@ -51,8 +51,8 @@ constexpr int64_t kDownBlocks = 8;      // output blocks per down task (128 colu
 
 // consecutive: the largest tile needs its rows consecutive in one buffer (and, for int8, the split copy).
 struct Tiles {
-  TileFn fn[4];
-  int tm[4];
+  TileFn fn[5];
+  int tm[5];
   int count;
   bool consecutive = false;
   // Whether rows must take that layout, when at most `most_rows` go through one tile sequence.
@@ -89,9 +89,9 @@ void set_next_block_prefetch(bool on) { g_next_block_prefetch = on; }
 Tiles tiles_for(WeightType wt) {
 #ifdef CPU_MOE_AMX
   if (g_amx && wt == WeightType::int8)
-    return {{tile_int8_amx, tile_int8<4>, tile_int8<2>, tile_int8<1>}, {kAmxTM, 4, 2, 1}, 4, true};
+    return {{tile_int8_amx, tile_int8<8>, tile_int8<4>, tile_int8<2>, tile_int8<1>}, {kAmxTM, 8, 4, 2, 1}, 5, true};
   if (g_amx && wt == WeightType::int4)
-    return {{tile_int4_amx, tile_int4<4>, tile_int4<2>, tile_int4<1>}, {kAmxTM, 4, 2, 1}, 4, true};
+    return {{tile_int4_amx, tile_int4<8>, tile_int4<4>, tile_int4<2>, tile_int4<1>}, {kAmxTM, 8, 4, 2, 1}, 5, true};
 #endif
   switch (wt) {
     case WeightType::fp32: return {{tile_fp32<8>, tile_fp32<4>, tile_fp32<2>, tile_fp32<1>}, {8, 4, 2, 1}, 4};
@@ -99,8 +99,11 @@ Tiles tiles_for(WeightType wt) {
     case WeightType::bf16_fp32act:
       return {{tile_bf16<8, true>, tile_bf16<4, true>, tile_bf16<2, true>, tile_bf16<1, true>}, {8, 4, 2, 1}, 4};
     // A 3-token tile: an expert's 7 tokens take two passes over its blocks (4 + 3), not three (4 + 2 + 1).
-    case WeightType::int8: return {{tile_int8<4>, tile_int8<3>, tile_int8<2>, tile_int8<1>}, {4, 3, 2, 1}, 4};
-    case WeightType::int4: return {{tile_int4<4>, tile_int4<3>, tile_int4<2>, tile_int4<1>}, {4, 3, 2, 1}, 4};
+    // 8-token tiles: AVX-512 keeps them in registers (moe_tiles_avx512.h); AVX2 runs them as two of 4.
+    case WeightType::int8:
+      return {{tile_int8<8>, tile_int8<4>, tile_int8<3>, tile_int8<2>, tile_int8<1>}, {8, 4, 3, 2, 1}, 5};
+    case WeightType::int4:
+      return {{tile_int4<8>, tile_int4<4>, tile_int4<3>, tile_int4<2>, tile_int4<1>}, {8, 4, 3, 2, 1}, 5};
   }
   throw std::invalid_argument("unknown weight type");
 }

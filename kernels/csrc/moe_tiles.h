@@ -1,6 +1,6 @@
 // Tile kernels of the fused CPU MoE: out[t, r] = dot(weight row r, activation row t), dequantized to fp32.
 //
-// Legend: TM tokens per tile (fp32, bf16: 8, 4, 2, 1; int8, int4: 4, 3, 2, 1; AMX: 16), RB = 2 weight blocks
+// Legend: TM tokens per tile (fp32, bf16: 8, 4, 2, 1; int8, int4: 8, 4, 3, 2, 1; AMX: 16), RB = 2 weight blocks
 //         per tile, 16 rows per block, Kp the padded reduction length, G the int4 group size.
 // Packed weight blocks (16 output rows each; see kernels/quantize.py, which writes them):
 //   fp32 [Kp][16]            bf16 [Kp/2][16][2]  (a pair of k per 32-bit lane)
