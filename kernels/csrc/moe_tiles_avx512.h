@@ -96,8 +96,8 @@ inline void tile_bf16(const WeightBlock* wb, const ActRow* a, int64_t Kp, int, f
 }
 
 // VNNI dot products through inline asm. The instruction overwrites its accumulator, and with the intrinsics
-// GCC 12 copies every accumulator of a tile to another register (spilling some) on each k step; measured on one
-// Zen 5 core, hot cache: int8 tile at TM = 8 126 -> 230 GMAC/s (the core's peak), at TM = 4 131-162 -> 193-196.
+// GCC 12 copies every accumulator of a tile to another register (spilling some) on each k step: the int8 tiles
+// ran at about half of VNNI's rate (BENCHMARKS.md, "8-token int8/int4 tiles").
 inline __m512i dpwssd(__m512i acc, __m512i w, __m512i a) {   // acc += pairs of s16 w * s16 a
   asm("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(w), "v"(a));
   return acc;
@@ -109,7 +109,8 @@ inline __m512i dpbusd(__m512i acc, __m512i w, __m512i a) {   // acc += quads of 
 
 // The int8/int4 tiles keep only their int32 sums in registers ([TM][kRB] zmm, 16 at TM = 8) and their fp32 sums
 // in `out` (L1), so a weight step feeds 8 tokens: twice the products per weight load and unpack of 4-token tiles,
-// and 16 independent dot-product chains, enough to hide VNNI's latency (4 cycles at 2 per cycle on Zen 5).
+// and 16 independent dot-product chains, enough to hide VNNI's latency (measured on Zen 5: 1.1 ns, one issued
+// per 0.14 ns).
 // The fp32 steps are the same ops in the same order as with register accumulators: the same bits.
 template <int TM>
 inline void zero_tile(float* out) {
