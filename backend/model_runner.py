@@ -57,16 +57,17 @@ class ModelRunner:
 
     def prepare(self, batch: ScheduledBatch):
         input_ids, positions, slot_mapping = [], [], []
-        decode_rows, decode_seqs, prefills, logits_rows, sample_seqs = [], [], [], [], []
+        decode_rows, decode_groups, context_lens, prefills, logits_rows, sample_seqs = [], [], [], [], [], []
         row = 0
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
             input_ids.extend(seq.token_ids[start:end])
             positions.append(torch.arange(start, end))
             slot_mapping.append(self._slots(seq.block_table, start, end))
-            if n == 1 and start > 0:
-                decode_rows.append(row)
-                decode_seqs.append(seq)
+            if self.use_paged_kernel or (n == 1 and start > 0):
+                decode_rows.extend(range(row, row + n))
+                decode_groups.append((seq, n))
+                context_lens.extend(range(start + 1, end + 1))
             else:
                 prefills.append(PrefillChunk(row, n, self._slots(seq.block_table, 0, end)))
             row += n
@@ -75,18 +76,23 @@ class ModelRunner:
                 sample_seqs.append(seq)
         meta = AttentionMetadata(slot_mapping=torch.cat(slot_mapping), prefills=prefills)
         if decode_rows:
-            meta.decode = self._decode_batch(decode_rows, decode_seqs)
+            meta.decode = self._decode_batch(decode_rows, decode_groups, context_lens)
         return (torch.tensor(input_ids, dtype=torch.long), torch.cat(positions), meta,
                 torch.tensor(logits_rows, dtype=torch.long), sample_seqs)
 
-    def _decode_batch(self, rows: list[int], seqs) -> DecodeBatch:
-        lens = [seq.num_computed_tokens + 1 for seq in seqs]
-        width = max(len(seq.block_table) for seq in seqs)
-        tables = torch.tensor([seq.block_table + [0] * (width - len(seq.block_table)) for seq in seqs], dtype=torch.int32)
+    def _decode_batch(self, rows: list[int], seqs: list[tuple], lens: list[int]) -> DecodeBatch:
+        """Rows that attend with one query each over the first lens[i] tokens of their request's cache; seqs holds
+        (request, its number of rows) in row order. The decodes, and with the paged kernel every prefill row too:
+        one kernel for both, so a token's attention does not depend on whether its prompt came whole, in chunks
+        or partly from the prefix cache."""
+        width = max(len(seq.block_table) for seq, _ in seqs)
+        tables = torch.tensor([seq.block_table + [0] * (width - len(seq.block_table)) for seq, _ in seqs], dtype=torch.int32)
+        if len(rows) > len(seqs):                        # a request's rows share its table
+            tables = tables.repeat_interleave(torch.tensor([n for _, n in seqs]), dim=0)
         d = DecodeBatch(torch.tensor(rows), tables, torch.tensor(lens, dtype=torch.int32), self.use_paged_kernel)
         if not d.use_kernel:
             pos = torch.arange(max(lens))                                       # [L]
-            blocks = tables.long().gather(1, (pos // self.block_size).expand(len(seqs), -1).clamp(max=width - 1))
+            blocks = tables.long().gather(1, (pos // self.block_size).expand(len(rows), -1).clamp(max=width - 1))
             d.slots = blocks * self.block_size + pos % self.block_size           # [B_d, L]
             d.mask = (pos[None, :] < d.context_lens[:, None])[:, None, None, :]  # [B_d, 1, 1, L]
         return d

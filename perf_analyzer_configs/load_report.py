@@ -5,9 +5,9 @@
 
 For each batching strategy it starts tritonserver (default model unless --model; the strategy goes in
 through config.pbtxt's gpt_model_type parameter), warms it up, then runs perf_analyzer over gRPC streaming
-at each concurrency: closed loop, three measurement windows of --window-seconds each, concurrency held
-constant through them (time_windows mode; every level takes the same time whatever its speed), numbers
-taken inside the windows. Per level: output tokens/s, TTFT p50/p99,
+at each concurrency: closed loop, three measurement windows of --window-seconds each (time_windows mode;
+every level takes the same time whatever its speed), numbers taken inside the windows while all streams
+are busy (perf_analyzer's drain at the end of the last window left out). Per level: output tokens/s, TTFT p50/p99,
 inter-token latency p50/p99 (per request, genai-perf's definition: (last - first response) / (tokens - 1)),
 plus, from the server itself, engine steps per second, tokens per step and the CPU the server process
 tree used. Writes under --out (default bench_out/load-<time>/): per level the perf_analyzer CSV and
@@ -229,8 +229,9 @@ def render(out: Path, benchmarks_md: bool) -> str:
         f"time_windows mode: 3 windows of {meta['window_seconds']:.0f} s per level at constant concurrency) against "
         f"tritonserver serving {meta['model']}; input `{meta['input']}` (for `mixed_prompts.json`: prompts of 14-104 "
         f"tokens, fixed output lengths 16-192, mean 91); engine parameters {meta['params']}; batching switched with "
-        "`gpt_model_type`. Output tok/s counts the tokens streamed inside the windows; TTFT and ITL are over the "
-        "requests sent inside them; ITL = per request (last - first response) / (tokens - 1) (genai-perf); token "
+        "`gpt_model_type`. Output tok/s counts the tokens streamed inside the windows while every stream is busy "
+        "(perf_analyzer stops sending before the last window ends; that drain is left out, see "
+        "perf_analyzer_configs/summarize.py); TTFT and ITL are over the requests sent in that time; ITL = per request (last - first response) / (tokens - 1) (genai-perf); token "
         "gap p99 = every gap between two responses of any request of the level, pooled (vLLM's ITL); engine step "
         "(ms per engine iteration) and tokens/step from the server's iteration counter over the level; server CPU "
         "= CPU time of the tritonserver process tree / wall time (200% = both cores). "

@@ -9,10 +9,12 @@ num_output_tokens output (the inputs set return_num_output_tokens). Throughputs 
 to the last response of the level. The ratio column compares each level with the first one.
 
 summarize() also reports the steady window (steady_tok_per_s, and the latencies of the requests sent
-in it: steady_ttft_*, steady_tpot_*): perf_analyzer's own measurement windows when it ran in
-time_windows mode (concurrency is held constant through them), else from the moment all streams are
-busy to the moment the first one runs dry (with --request-count, perf_analyzer gives each stream a
-fixed share of the requests, so with mixed output lengths some streams run dry long before others).
+in it: steady_ttft_*, steady_tpot_*): the time all streams are busy, i.e. from the moment `concurrency`
+requests are first in flight to the moment the count falls for good. In time_windows mode that is
+perf_analyzer's own measurement windows cut where its drain begins: it stops sending during the last
+window and lets the requests in flight finish, seconds in which fewer than `concurrency` streams run
+(8 of 54 s at concurrency 16 in the load report). With --request-count, perf_analyzer gives each stream a fixed
+share of the requests, so with mixed output lengths some streams run dry long before others.
 """
 import json
 import statistics
@@ -64,7 +66,9 @@ def latencies(requests: list[dict], prefix: str = "") -> dict:
 
 
 def steady(requests: list[dict], concurrency: int, window: list[int] | None = None) -> dict:
-    start, end = (window[0], window[-1]) if window else steady_window(requests, concurrency)
+    start, end = steady_window(requests, concurrency)
+    if window and start is not None and end is not None:
+        start, end = max(start, window[0]), min(end, window[-1])
     if start is None or end is None or end <= start:
         return {"steady_seconds": 0.0, "steady_tok_per_s": float("nan"), "steady_requests": 0}
     tokens = 0
@@ -72,7 +76,7 @@ def steady(requests: list[dict], concurrency: int, window: list[int] | None = No
         for t, out in zip(r["response_timestamps"], r["response_outputs"]):
             if start <= t <= end:
                 tokens += output_tokens({"response_outputs": [out]})
-    sent = [r for r in requests if start <= r["timestamp"] <= end] or requests
+    sent = [r for r in requests if start <= r["timestamp"] < end] or requests
     return {"steady_seconds": (end - start) / 1e9, "steady_tok_per_s": tokens / ((end - start) / 1e9),
             "steady_requests": len(sent), **latencies(sent, "steady_")}
 

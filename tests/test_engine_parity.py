@@ -124,3 +124,27 @@ def test_bf16_dense_linears_keep_requests_batch_invariant(tiny_model):
     together = [r.token_ids for r in engine.generate(prompts(), greedy)]
     assert together == [engine.generate(p, greedy)[0].token_ids for p in prompts()]
     assert engine.stats().kv_blocks_used == 0
+
+
+def test_prefill_attention_does_not_depend_on_how_the_prompt_arrives(tiny_model):
+    """With the CPU extension, every prefill row attends through the paged kernel like a decode row: a prompt
+    prefilled whole, in chunks of 10 tokens, or after a prefix-cache hit gives the same logprobs, bit for bit
+    (batch-invariant bf16 dense linears and bf16 experts, so attention is the only path that could differ)."""
+    cfg = dict(max_tokens_in_paged_kv_cache=4096, tokens_per_block=BLOCK, warmup=False, dense_dtype="bf16",
+               expert_dtype="bf16")
+    model_dir = tiny_model("qwen3_moe")
+    params = SamplingParams(max_tokens=8, ignore_eos=True, logprobs=True)
+    long_prompts = [p for p in prompts() if len(p) > BLOCK]
+
+    def run(engine, rounds=1):
+        for _ in range(rounds):
+            out = [(r.token_ids, r.logprobs) for r in engine.generate(long_prompts, params)]
+        assert engine.stats().kv_blocks_used == 0
+        return out
+
+    whole = LLMEngine.from_pretrained(model_dir, **cfg)
+    assert whole.runner.use_paged_kernel, "the CPU extension should be built here (python -m kernels.build)"
+    expected = run(whole)
+    assert run(LLMEngine.from_pretrained(model_dir, **cfg, enable_chunked_context=True, max_num_tokens=10)) == expected
+    reuse = LLMEngine.from_pretrained(model_dir, **cfg, enable_kv_cache_reuse=True)
+    assert run(reuse, rounds=2) == expected and reuse.stats().prefix_cache_hits > 0

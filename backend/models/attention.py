@@ -1,10 +1,11 @@
 """Attention over the paged KV cache, for a batch that mixes prefills and decodes.
 
-Legend: N new tokens in the step, Hq query heads, Hkv KV heads, D head dim, B_d decoding
-requests, L longest context among them. The cache of one layer is k_cache/v_cache
+Legend: N new tokens in the step, Hq query heads, Hkv KV heads, D head dim, B_d rows attending
+through the cache, L longest context among them. The cache of one layer is k_cache/v_cache
 [num_slots, Hkv, D] (num_slots = num_blocks * tokens_per_block); a token's slot is
 block_table[pos // block] * block + pos % block. The model runner fills AttentionMetadata
-once per step; every layer reads it.
+once per step; every layer reads it. Where the CPU extension runs, its paged kernel attends every row
+(prefill and decode alike) in place; the torch path keeps SDPA for prefills and a gathered copy for decodes.
 """
 from dataclasses import dataclass, field
 
@@ -26,9 +27,11 @@ class PrefillChunk:
 
 @dataclass
 class DecodeBatch:
-    rows: torch.Tensor                         # [B_d] rows of decode tokens in N
+    """Rows with one query each against their request's cache: the decode tokens, and with the CPU paged kernel
+    every row of the step (a prefill row attends over the cache up to its own position, written just before)."""
+    rows: torch.Tensor                         # [B_d] rows in N
     block_tables: torch.Tensor                 # [B_d, max_blocks] int32, padded with 0
-    context_lens: torch.Tensor                 # [B_d] int32, the new token included
+    context_lens: torch.Tensor                 # [B_d] int32, the row's own token included
     use_kernel: bool                           # the CPU paged kernel reads the cache in place
     slots: torch.Tensor | None = None          # [B_d, L] context slots, padded with 0 (torch path only)
     mask: torch.Tensor | None = None           # [B_d, 1, 1, L] True where the slot is real (torch path only)

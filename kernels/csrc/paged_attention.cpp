@@ -60,9 +60,9 @@ inline void axpy(float a, const float* x, float* y, int64_t D) {   // y += a * x
   for (int64_t d = 0; d < D; d++) y[d] += a * x[d];
 }
 
-// scores [Hq, L] and a row buffer [Hkv * D], reused by every task of this thread.
+// scores [Hq, L], fp32 cache rows [kBlock, Hkv * D] and 1 / sum per head, reused by every task of this thread.
 struct Scratch {
-  std::vector<float> scores, row, inv_sum;
+  std::vector<float> scores, rows, inv_sum;
 };
 
 // A token's keys (or values) of all kv heads are one contiguous row [Hkv, D] of the cache.
@@ -79,18 +79,124 @@ struct CacheRows {
 };
 
 constexpr int64_t kPrefetchAhead = 16;  // tokens
+constexpr int64_t kBlock = 16;          // tokens per pass over the heads: one zmm of scores
 
-// One sequence, all heads: q [Hq, D] -> out [Hq, D]. Streams each cache row once per pass.
+// rows[j] = the fp32 row [Hkv * D] of token l0 + j, j < n (bf16 widened into scratch [kBlock, Hkv * D]); rows n..kBlock-1
+// repeat row 0, so that the AVX-512 scores pass runs a fixed 16 (its sums stay in registers) and drops those lanes.
+inline void block_rows(const CacheRows& cache, bool bf16, int64_t l0, int64_t n, int64_t L, int64_t HD, float* scratch,
+                       const float** rows) {
+  for (int64_t j = 0; j < n; j++) {
+    cache.prefetch(l0 + j + kPrefetchAhead, L);
+    rows[j] = to_fp32(cache.row(l0 + j), bf16, HD, scratch + j * HD);
+  }
+  for (int64_t j = n; j < kBlock; j++) rows[j] = rows[0];
+}
+
+#if defined(__AVX512F__)
+// Lane j of the result = the sum of v[j]'s 16 lanes: 45 shuffles and adds for 16 sums, where 16
+// _mm512_reduce_add_ps take about 3x as many (the scores pass spent most of its time there).
+inline __m512 sum16(const __m512 (&v)[16]) {
+  __m512 p[8], q[4];
+  for (int i = 0; i < 8; i++)   // per 128-bit lane: (a0+a2, b0+b2, a1+a3, b1+b3) of a = v[2i], b = v[2i+1]
+    p[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 4; i++)   // per 128-bit lane: the lane's sums of v[4i .. 4i+3]
+    q[i] = _mm512_add_ps(_mm512_shuffle_ps(p[2 * i], p[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_ps(p[2 * i], p[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m512 s01 = _mm512_add_ps(_mm512_shuffle_f32x4(q[0], q[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                   _mm512_shuffle_f32x4(q[0], q[1], _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m512 s23 = _mm512_add_ps(_mm512_shuffle_f32x4(q[2], q[3], _MM_SHUFFLE(1, 0, 1, 0)),
+                                   _mm512_shuffle_f32x4(q[2], q[3], _MM_SHUFFLE(3, 2, 3, 2)));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(s01, s23, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// scores[h][l0 + j] = scale * q_h . k_j for j < n, over D (a multiple of 16); k has kBlock rows (block_rows).
+inline void block_scores(const float* q, const float* const* k, int64_t n, int64_t Hq, int64_t G, int64_t D, float scale,
+                         int64_t L, int64_t l0, float* scores) {
+  const __mmask16 live = __mmask16((1u << n) - 1);
+  for (int64_t h = 0; h < Hq; h++) {
+    const float* qh = q + h * D;
+    const int64_t off = (h / G) * D;
+    __m512 acc[16];   // [j] partial sums of q_h . k_j
+    for (int j = 0; j < 16; j++) acc[j] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; d += 16) {
+      const __m512 qv = _mm512_loadu_ps(qh + d);
+      for (int j = 0; j < 16; j++) acc[j] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k[j] + off + d), acc[j]);
+    }
+    _mm512_mask_storeu_ps(scores + h * L + l0, live, _mm512_mul_ps(sum16(acc), _mm512_set1_ps(scale)));
+  }
+}
+
+// out[h] += sum_j p[h][l0 + j] * v_j over D (a multiple of 16). Up to 4 zmm of out at a time, even and odd j
+// in separate sums: 8 independent FMA chains, where one chain per zmm waited on the FMA latency.
+inline void block_values(const float* p, const float* const* v, int64_t n, int64_t Hq, int64_t G, int64_t D, int64_t L,
+                         int64_t l0, float* out) {
+  for (int64_t h = 0; h < Hq; h++) {
+    const float* ph = p + h * L + l0;
+    const int64_t off = (h / G) * D;
+    for (int64_t d0 = 0; d0 < D; d0 += 64) {
+      const int c = int(std::min<int64_t>(4, (D - d0) / 16));
+      __m512 even[4], odd[4];
+      for (int i = 0; i < 4; i++) even[i] = odd[i] = _mm512_setzero_ps();
+      int64_t j = 0;
+      for (; j + 1 < n; j += 2) {
+        const __m512 pe = _mm512_set1_ps(ph[j]), po = _mm512_set1_ps(ph[j + 1]);
+        for (int i = 0; i < 4; i++) {
+          if (i >= c) break;
+          even[i] = _mm512_fmadd_ps(pe, _mm512_loadu_ps(v[j] + off + d0 + 16 * i), even[i]);
+          odd[i] = _mm512_fmadd_ps(po, _mm512_loadu_ps(v[j + 1] + off + d0 + 16 * i), odd[i]);
+        }
+      }
+      if (j < n) {
+        const __m512 pe = _mm512_set1_ps(ph[j]);
+        for (int i = 0; i < c; i++) even[i] = _mm512_fmadd_ps(pe, _mm512_loadu_ps(v[j] + off + d0 + 16 * i), even[i]);
+      }
+      for (int i = 0; i < c; i++) {
+        float* o = out + h * D + d0 + 16 * i;
+        _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), _mm512_add_ps(even[i], odd[i])));
+      }
+    }
+  }
+}
+#endif
+
+// The portable passes, one token at a time.
+inline void block_scores_portable(const float* q, const float* const* k, int64_t n, int64_t Hq, int64_t G, int64_t D,
+                                  float scale, int64_t L, int64_t l0, float* scores) {
+  for (int64_t j = 0; j < n; j++)
+    for (int64_t h = 0; h < Hq; h++) scores[h * L + l0 + j] = dot(q + h * D, k[j] + (h / G) * D, D) * scale;
+}
+
+inline void block_values_portable(const float* p, const float* const* v, int64_t n, int64_t Hq, int64_t G, int64_t D,
+                                  int64_t L, int64_t l0, float* out) {
+  for (int64_t j = 0; j < n; j++)
+    for (int64_t h = 0; h < Hq; h++) axpy(p[h * L + l0 + j], v[j] + (h / G) * D, out + h * D, D);
+}
+
+// One query row, all heads: q [Hq, D] -> out [Hq, D], over the first L tokens of its context. Reads each cache
+// row once per pass (keys, then values), kBlock tokens at a time.
 void attend_one(const float* q, const CacheRows& keys, const CacheRows& values, bool bf16, int64_t L, int64_t Hq,
                 int64_t Hkv, int64_t D, float scale, float* out, Scratch& buf) {
-  const int64_t G = Hq / Hkv;
+  const int64_t G = Hq / Hkv, HD = Hkv * D;
   buf.scores.resize(Hq * L);
-  buf.row.resize(Hkv * D);
+  buf.rows.resize(kBlock * HD);
   float* scores = buf.scores.data();   // [Hq, L]
-  for (int64_t l = 0; l < L; l++) {
-    keys.prefetch(l + kPrefetchAhead, L);
-    const float* k = to_fp32(keys.row(l), bf16, Hkv * D, buf.row.data());          // [Hkv, D]
-    for (int64_t h = 0; h < Hq; h++) scores[h * L + l] = dot(q + h * D, k + (h / G) * D, D) * scale;
+  const float* rows[kBlock];
+#if defined(__AVX512F__)
+  [[maybe_unused]] const bool wide = D % 16 == 0;
+#else
+  [[maybe_unused]] const bool wide = false;
+#endif
+  for (int64_t l0 = 0; l0 < L; l0 += kBlock) {
+    const int64_t n = std::min(kBlock, L - l0);
+    block_rows(keys, bf16, l0, n, L, HD, buf.rows.data(), rows);
+#if defined(__AVX512F__)
+    if (wide) {
+      block_scores(q, rows, n, Hq, G, D, scale, L, l0, scores);
+      continue;
+    }
+#endif
+    block_scores_portable(q, rows, n, Hq, G, D, scale, L, l0, scores);
   }
   std::vector<float>& inv_sum = buf.inv_sum;
   inv_sum.resize(Hq);
@@ -103,10 +209,16 @@ void attend_one(const float* q, const CacheRows& keys, const CacheRows& values, 
     inv_sum[h] = 1.f / sum;
   }
   std::fill(out, out + Hq * D, 0.f);
-  for (int64_t l = 0; l < L; l++) {
-    values.prefetch(l + kPrefetchAhead, L);
-    const float* v = to_fp32(values.row(l), bf16, Hkv * D, buf.row.data());        // [Hkv, D]
-    for (int64_t h = 0; h < Hq; h++) axpy(scores[h * L + l], v + (h / G) * D, out + h * D, D);
+  for (int64_t l0 = 0; l0 < L; l0 += kBlock) {
+    const int64_t n = std::min(kBlock, L - l0);
+    block_rows(values, bf16, l0, n, L, HD, buf.rows.data(), rows);
+#if defined(__AVX512F__)
+    if (wide) {
+      block_values(scores, rows, n, Hq, G, D, L, l0, out);
+      continue;
+    }
+#endif
+    block_values_portable(scores, rows, n, Hq, G, D, L, l0, out);
   }
   for (int64_t h = 0; h < Hq; h++)
     for (int64_t d = 0; d < D; d++) out[h * D + d] *= inv_sum[h];
