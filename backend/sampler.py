@@ -8,10 +8,20 @@ import torch
 from backend.sequence import Sequence
 
 
-def _needs_processing(seq: Sequence) -> bool:
+def _plain_greedy(seq: Sequence) -> bool:
+    """Greedy with no penalties and no logprobs: the row's argmax, after min_tokens bans the end tokens."""
     p = seq.params
-    return (not p.greedy or p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
-            or seq.num_output_tokens < p.min_tokens or p.logprobs)
+    return (p.greedy and p.repetition_penalty == 1.0 and p.presence_penalty == 0.0 and p.frequency_penalty == 0.0
+            and not p.logprobs)
+
+
+def ban_end_tokens(row: torch.Tensor, seq: Sequence) -> None:
+    """min_tokens: until the request has that many output tokens, its end tokens cannot be drawn (in place)."""
+    p = seq.params
+    if seq.num_output_tokens < p.min_tokens:
+        banned = list(seq.eos_token_ids) + p.stop_token_ids
+        if banned:
+            row[torch.tensor(banned)] = float("-inf")
 
 
 def apply_penalties(row: torch.Tensor, seq: Sequence) -> torch.Tensor:
@@ -23,10 +33,7 @@ def apply_penalties(row: torch.Tensor, seq: Sequence) -> torch.Tensor:
     if (p.presence_penalty or p.frequency_penalty) and seq.output_token_ids:   # OpenAI semantics: output only
         counts = torch.bincount(torch.tensor(seq.output_token_ids), minlength=row.shape[0]).to(row.dtype)
         row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(row.dtype)
-    if seq.num_output_tokens < p.min_tokens:
-        banned = list(seq.eos_token_ids) + p.stop_token_ids
-        if banned:
-            row[torch.tensor(banned)] = float("-inf")
+    ban_end_tokens(row, seq)
     return row
 
 
@@ -48,13 +55,23 @@ def sample_row(row: torch.Tensor, seq: Sequence) -> int:
 
 
 def sample(logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], list[float | None]]:
-    """logits [R, V] fp32, one row per request -> one token (and optional logprob) per request."""
-    if not any(_needs_processing(s) for s in seqs):
-        return logits.argmax(dim=-1).tolist(), [None] * len(seqs)
-    tokens, logprobs = [], []
-    for row, seq in zip(logits, seqs):
-        row = apply_penalties(row.clone(), seq)
-        tok = sample_row(row, seq)
-        tokens.append(tok)
-        logprobs.append(float(torch.log_softmax(row, dim=-1)[tok]) if seq.params.logprobs else None)
+    """logits [R, V] fp32, one row per request (this step's own tensor: changed in place) -> one token (and
+    optional logprob) per request. Plain greedy rows take one batched argmax, the others one row at a time."""
+    is_plain = [_plain_greedy(seq) for seq in seqs]
+    plain = [i for i, p in enumerate(is_plain) if p]
+    tokens: list[int] = [0] * len(seqs)
+    logprobs: list[float | None] = [None] * len(seqs)
+    if plain:
+        for i in plain:
+            ban_end_tokens(logits[i], seqs[i])
+        picked = logits if len(plain) == len(seqs) else logits[plain]
+        for i, tok in zip(plain, picked.argmax(dim=-1).tolist()):
+            tokens[i] = tok
+    for i, seq in enumerate(seqs):
+        if is_plain[i]:
+            continue
+        row = apply_penalties(logits[i].clone(), seq)
+        tokens[i] = sample_row(row, seq)
+        if seq.params.logprobs:
+            logprobs[i] = float(torch.log_softmax(row, dim=-1)[tokens[i]])
     return tokens, logprobs

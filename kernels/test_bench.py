@@ -35,3 +35,10 @@ def test_prefetch_baseline_rows_run_in_the_same_rounds(monkeypatch):
     result = bench.run(["tiny"], (1,), quick=True, probe_mib=8, flush_mib=4, prefetch_baseline=True)
     off = [r for r in result["rows"] if r["impl"].endswith("no next-block prefetch")]
     assert len(off) == len(bench.OURS) and all(r["impl"].startswith("fused_cpu/") for r in off)
+
+
+def test_attention_bench_prints_its_table(capsys):
+    from kernels import bench_attention
+    assert bench_attention.main(["--repeats", "1"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| decode") or line.startswith("| prefill")]
+    assert len(lines) == 7 and all(line.count("x |") == 2 for line in lines)

@@ -210,12 +210,14 @@ def bottleneck(rows: list[dict], params: dict) -> str:
     bound = (top["tokens_per_step"] / top["step_ms"]) / (low["tokens_per_step"] / low["step_ms"])
     return (f"Reading: the engine step grows from {low['step_ms']:.0f} ms at {low['tokens_per_step']:.1f} tokens/step "
             f"(concurrency {low['concurrency']}) to {top['step_ms']:.0f} ms at {top['tokens_per_step']:.1f} tokens/step "
-            f"(concurrency {top['concurrency']}): about {slope:.1f} ms more per request in the batch, so the engine "
-            f"alone caps output tok/s at {bound:.2f}x from {low['concurrency']} to {top['concurrency']} streams; the "
-            f"serving layer reaches {top['steady_tok_per_s'] / low['steady_tok_per_s']:.2f}x. The server process "
-            f"tree used {top['server_cpu_percent']:.0f}% of a core at concurrency {top['concurrency']} ({threads}; the "
-            "clients run on the same cores). The engine is the "
-            "bottleneck here; V1 keeps TTFT waiting for whole batches.")
+            f"(concurrency {top['concurrency']}; both over the whole level, drain included): about {slope:.1f} ms more "
+            f"per request in the batch. At these step times output tok/s can grow {bound:.2f}x from "
+            f"{low['concurrency']} to {top['concurrency']} streams; the steady windows give "
+            f"{top['steady_tok_per_s'] / low['steady_tok_per_s']:.2f}x. The steps are measured inside the server, "
+            f"whose process tree used {top['server_cpu_percent']:.0f}% of a core at concurrency {top['concurrency']} "
+            f"({threads}), with Triton's frontend and the clients on the same cores; "
+            "`python -m perf_analyzer_configs.engine_only` gives the engine's own scaling without them. "
+            "V1 keeps TTFT waiting for whole batches.")
 
 
 def render(out: Path, benchmarks_md: bool) -> str:

@@ -70,6 +70,20 @@ def test_end_id_and_min_tokens(engine):
     assert length.finish_reason == "length" and len(length.token_ids) == 7
 
 
+def test_min_tokens_holds_in_a_mixed_batch(engine):
+    """Plain greedy rows (one batched argmax, min_tokens banning the end token) beside rows sampled one at a
+    time (seeded, logprobs): each request gets the tokens it gets alone."""
+    greedy = engine.generate(PROMPT, SamplingParams(max_tokens=12, ignore_eos=True))[0].token_ids
+    params = [SamplingParams(max_tokens=12, end_id=greedy[0], min_tokens=5),
+              SamplingParams(max_tokens=12, temperature=0.8, seed=7, ignore_eos=True),
+              SamplingParams(max_tokens=12, end_id=greedy[0], min_tokens=5, logprobs=True),
+              SamplingParams(max_tokens=12, ignore_eos=True)]
+    alone = [engine.generate(PROMPT, p)[0].token_ids for p in params]
+    together = engine.generate([PROMPT] * len(params), params)
+    assert [r.token_ids for r in together] == alone
+    assert greedy[0] not in together[0].token_ids[:5] and together[3].token_ids == greedy
+
+
 def test_stop_string_is_cut_and_never_streamed(engine):
     full = engine.generate(PROMPT, SamplingParams(max_tokens=40, ignore_eos=True))[0].text
     stop = full[len(full) // 2: len(full) // 2 + 3]
