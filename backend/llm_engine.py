@@ -93,8 +93,9 @@ class LLMEngine:
                  c.max_num_tokens, c.enable_chunked_context, c.enable_kv_cache_reuse)
         for note in self.placement_notes:
             log.info("placement: %s", note)
-        log.info("decode attention: %s", "CPU paged kernel, reads the cache in place" if self.runner.use_paged_kernel
-                 else "torch (gathers each context; no CPU extension for this dtype or host)")
+        log.info("attention: %s", "CPU paged kernel for prefill and decode rows, reads the cache in place"
+                 if self.runner.use_paged_kernel else
+                 "torch: SDPA for prefills, decodes gather each context (no CPU extension for this dtype or host)")
         if c.batch_scheduler_policy == "guaranteed_no_evict" and fit < 2:
             log.warning("guaranteed_no_evict reserves prompt + max_tokens per request and the KV budget holds fewer "
                         "than 2 max-length requests: raise max_tokens_in_paged_kv_cache or use max_utilization")

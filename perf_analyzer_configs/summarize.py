@@ -67,8 +67,9 @@ def latencies(requests: list[dict], prefix: str = "") -> dict:
 
 def steady(requests: list[dict], concurrency: int, window: list[int] | None = None) -> dict:
     start, end = steady_window(requests, concurrency)
-    if window and start is not None and end is not None:
-        start, end = max(start, window[0]), min(end, window[-1])
+    if window:   # inside perf_analyzer's windows; where the streams never all ran (or never drained), the windows
+        start = window[0] if start is None else max(start, window[0])
+        end = window[-1] if end is None else min(end, window[-1])
     if start is None or end is None or end <= start:
         return {"steady_seconds": 0.0, "steady_tok_per_s": float("nan"), "steady_requests": 0}
     tokens = 0

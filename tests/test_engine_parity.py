@@ -104,7 +104,7 @@ def test_scheduling_modes_keep_greedy_tokens(tiny_model, settings):
 
 @pytest.mark.parametrize("family", ["mixtral", "qwen3_moe"])
 def test_torch_decode_attention_matches_too(tiny_model, family):
-    """Without the CPU extension, decode attention gathers the context in torch: the same tokens."""
+    """Without the CPU extension, prefills run torch SDPA and decodes gather the context in torch: the same tokens."""
     model_dir = tiny_model(family)
     engine = LLMEngine.from_pretrained(model_dir, max_tokens_in_paged_kv_cache=4096, tokens_per_block=BLOCK,
                                        warmup=False, expert_dtype="fp32")

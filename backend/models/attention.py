@@ -66,7 +66,7 @@ class Attention(nn.Module):
         self.write_kv = None                   # kernels.cpu_attention.write_kv_cache where the extension runs
 
     def bind_cache(self, k_cache: torch.Tensor, v_cache: torch.Tensor, block_size: int, use_kernel: bool) -> None:
-        """use_kernel: the CPU extension writes new K/V into the cache and runs decode attention."""
+        """use_kernel: the CPU extension writes new K/V into the cache and attends every row, prefill or decode."""
         self.k_cache, self.v_cache, self.block_size = k_cache, v_cache, block_size
         shape = (-1, block_size, *k_cache.shape[1:])
         self.paged_cache = k_cache.view(shape), v_cache.view(shape)

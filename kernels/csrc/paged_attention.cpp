@@ -94,7 +94,7 @@ inline void block_rows(const CacheRows& cache, bool bf16, int64_t l0, int64_t n,
 
 #if defined(__AVX512F__)
 // Lane j of the result = the sum of v[j]'s 16 lanes: 45 shuffles and adds for 16 sums, where 16
-// _mm512_reduce_add_ps take about 3x as many (the scores pass spent most of its time there).
+// _mm512_reduce_add_ps take about 3x as many instructions.
 inline __m512 sum16(const __m512 (&v)[16]) {
   __m512 p[8], q[4];
   for (int i = 0; i < 8; i++)   // per 128-bit lane: (a0+a2, b0+b2, a1+a3, b1+b3) of a = v[2i], b = v[2i+1]
@@ -128,7 +128,7 @@ inline void block_scores(const float* q, const float* const* k, int64_t n, int64
 }
 
 // out[h] += sum_j p[h][l0 + j] * v_j over D (a multiple of 16). Up to 4 zmm of out at a time, even and odd j
-// in separate sums: 8 independent FMA chains, where one chain per zmm waited on the FMA latency.
+// in separate sums: 8 independent FMA chains, so that consecutive FMAs do not wait on each other.
 inline void block_values(const float* p, const float* const* v, int64_t n, int64_t Hq, int64_t G, int64_t D, int64_t L,
                          int64_t l0, float* out) {
   for (int64_t h = 0; h < Hq; h++) {
