@@ -9,8 +9,8 @@ at each concurrency: closed loop, three measurement windows of --window-seconds 
 every level takes the same time whatever its speed), numbers taken inside the windows while all streams
 are busy (perf_analyzer's drain at the end of the last window left out). Per level: output tokens/s, TTFT p50/p99,
 inter-token latency p50/p99 (per request, genai-perf's definition: (last - first response) / (tokens - 1)),
-plus, from the server itself, engine steps per second, tokens per step and the CPU the server process
-tree used. Writes under --out (default bench_out/load-<time>/): per level the perf_analyzer CSV and
+plus, from the server itself over the same time (perf_analyzer_configs/level_sampler.py), ms per engine
+step, tokens per step and the CPU the server process tree used. Writes under --out (default bench_out/load-<time>/): per level the perf_analyzer CSV and
 profile export, summary.json, summary.csv, report.md and load_report.png; copies the plot to
 docs/load_report.png and rewrites the "load" section of BENCHMARKS.md.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from backend.serve import ROOT, TritonServer, parse_params
 from client.timed import timed_stream
-from perf_analyzer_configs.process_tree import tree
+from perf_analyzer_configs.level_sampler import LevelSampler, window_rates
 from perf_analyzer_configs.server_metrics import engine_gauges
 from perf_analyzer_configs.summarize import summarize
 
@@ -37,39 +37,28 @@ DEFAULT_PARAMS = {"max_tokens_in_paged_kv_cache": "32768"}
 TARGETS = "inflight tok/s at 16 >= 5x at 1; >= 2x V1 at 16; inflight p99 ITL at 16 <= 3x at 1"
 
 
-def cpu_seconds(pid: int) -> float:
-    total = 0.0
-    for p in tree(pid):
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except Exception:   # a process that just ended
-            pass
-    return total
-
-
 def run_level(server: TritonServer, concurrency: int, window_s: float, input_file: Path, out: Path) -> dict:
     env = {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [str(CUDART), os.environ.get("LD_LIBRARY_PATH")]))}
-    before, cpu0, t0 = engine_gauges(server.metrics_url), cpu_seconds(server.process.pid), time.monotonic()
+    before = engine_gauges(server.metrics_url)
     command = [str(PERF_ANALYZER), "-m", "moe_llm", "-u", server.grpc_url, "-i", "grpc", "--streaming", "--async",
                "--input-data", str(input_file), "--concurrency-range", f"{concurrency}:{concurrency}",
                # three windows, accepted whatever their spread (-s 1000%): a fixed time per level
                "--measurement-mode", "time_windows", "--measurement-interval", str(int(window_s * 1000)),
                "-r", "3", "-s", "1000", "-f", str(out / f"c{concurrency}.csv"),
                "--profile-export-file", str(out / f"c{concurrency}.json")]
-    with open(out / f"c{concurrency}.log", "w") as log:
+    with LevelSampler(server.metrics_url, server.process.pid) as sampler, open(out / f"c{concurrency}.log", "w") as log:
         code = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     if code != 0:
         raise RuntimeError(f"perf_analyzer failed at concurrency {concurrency}; see {out / f'c{concurrency}.log'}")
-    wall, cpu = time.monotonic() - t0, cpu_seconds(server.process.pid) - cpu0
     time.sleep(0.3)   # one stats refresh after the last request
     after = engine_gauges(server.metrics_url)
     row = summarize(out / f"c{concurrency}.json")
-    steps = after["iterations"] - before["iterations"]
-    tokens = after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"]
-    row.update(engine_steps=steps, step_ms=1000 * wall / steps if steps else float("nan"),
-               tokens_per_step=tokens / steps if steps else float("nan"), server_cpu_percent=100 * cpu / wall,
-               preemptions=after["vllm:num_preemptions_total"] - before["vllm:num_preemptions_total"])
+    rates = window_rates(sampler.samples, row["steady_start_ns"], row["steady_end_ns"]) if row["steady_seconds"] else None
+    if rates is None:   # no two samples inside the steady window: the whole level
+        rates = window_rates(sampler.samples, 0, sampler.samples[-1].time_ns) or {}
+    nan = float("nan")
+    row.update({"engine_steps": nan, "step_ms": nan, "tokens_per_step": nan, "server_cpu_percent": nan, **rates,
+                "preemptions": after["vllm:num_preemptions_total"] - before["vllm:num_preemptions_total"]})
     return row
 
 
@@ -210,7 +199,7 @@ def bottleneck(rows: list[dict], params: dict) -> str:
     bound = (top["tokens_per_step"] / top["step_ms"]) / (low["tokens_per_step"] / low["step_ms"])
     return (f"Reading: the engine step grows from {low['step_ms']:.0f} ms at {low['tokens_per_step']:.1f} tokens/step "
             f"(concurrency {low['concurrency']}) to {top['step_ms']:.0f} ms at {top['tokens_per_step']:.1f} tokens/step "
-            f"(concurrency {top['concurrency']}; both over the whole level, drain included): about {slope:.1f} ms more "
+            f"(concurrency {top['concurrency']}): about {slope:.1f} ms more "
             f"per request in the batch. At these step times output tok/s can grow {bound:.2f}x from "
             f"{low['concurrency']} to {top['concurrency']} streams; the steady windows give "
             f"{top['steady_tok_per_s'] / low['steady_tok_per_s']:.2f}x. The steps are measured inside the server, "
@@ -235,8 +224,8 @@ def render(out: Path, benchmarks_md: bool) -> str:
         "(perf_analyzer stops sending before the last window ends; that drain is left out, see "
         "perf_analyzer_configs/summarize.py); TTFT and ITL are over the requests sent in that time; ITL = per request (last - first response) / (tokens - 1) (genai-perf); token "
         "gap p99 = every gap between two responses of any request of the level, pooled (vLLM's ITL); engine step "
-        "(ms per engine iteration) and tokens/step from the server's iteration counter over the level; server CPU "
-        "= CPU time of the tritonserver process tree / wall time (200% = both cores). "
+        "(ms per engine iteration), tokens/step and server CPU (CPU time of the tritonserver process tree / wall "
+        "time, 200% = both cores) over the same steady time, from the server's counters sampled every 0.5 s. "
         f"Load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on 2 cores shared with other work: "
         "read ratios, not absolute numbers. Re-render from the run folder: "
         "`python -m perf_analyzer_configs.load_report --render bench_out/load-...`.", "",

@@ -71,7 +71,8 @@ def steady(requests: list[dict], concurrency: int, window: list[int] | None = No
         start = window[0] if start is None else max(start, window[0])
         end = window[-1] if end is None else min(end, window[-1])
     if start is None or end is None or end <= start:
-        return {"steady_seconds": 0.0, "steady_tok_per_s": float("nan"), "steady_requests": 0}
+        return {"steady_seconds": 0.0, "steady_tok_per_s": float("nan"), "steady_requests": 0,
+                "steady_start_ns": None, "steady_end_ns": None}
     tokens = 0
     for r in requests:
         for t, out in zip(r["response_timestamps"], r["response_outputs"]):
@@ -79,6 +80,7 @@ def steady(requests: list[dict], concurrency: int, window: list[int] | None = No
                 tokens += output_tokens({"response_outputs": [out]})
     sent = [r for r in requests if start <= r["timestamp"] < end] or requests
     return {"steady_seconds": (end - start) / 1e9, "steady_tok_per_s": tokens / ((end - start) / 1e9),
+            "steady_start_ns": start, "steady_end_ns": end,
             "steady_requests": len(sent), **latencies(sent, "steady_")}
 
 

@@ -2,6 +2,7 @@
 concurrency run (its drain at the end of the last window), on a synthetic profile export."""
 import json
 
+from perf_analyzer_configs.level_sampler import Sample, window_rates
 from perf_analyzer_configs.summarize import summarize
 
 S = 1_000_000_000   # ns
@@ -27,3 +28,17 @@ def test_steady_window_stops_where_perf_analyzer_drains(tmp_path):
     assert row["steady_seconds"] == 8.0, "from the first moment both streams run to A's last token"
     assert abs(row["steady_tok_per_s"] - 20.0) < 1e-9, "two streams at 10 tokens/s, not the drain's one"
     assert row["steady_requests"] == 16
+    assert (row["steady_start_ns"], row["steady_end_ns"]) == (0, 8 * S)
+
+
+def test_engine_figures_cover_only_the_window():
+    # A step every 50 ms making 16 tokens until 10 s, then a drain of 100 ms steps making 4; CPU 180% throughout.
+    samples, steps, tokens, t = [], 0, 0, 0.0
+    while t <= 14:
+        samples.append(Sample(int(t * S), steps, tokens, 1.8 * t))
+        rate, per_step = (20, 16) if t < 10 else (10, 4)
+        steps, tokens, t = steps + rate // 2, tokens + per_step * rate // 2, t + 0.5
+    rates = window_rates(samples, int(1.2 * S), int(10 * S))
+    assert rates["step_ms"] == 50 and rates["tokens_per_step"] == 16 and abs(rates["server_cpu_percent"] - 180) < 1e-9
+    assert rates["engine_steps"] == 20 * (10 - 1.5)
+    assert window_rates(samples, int(1.2 * S), int(1.4 * S)) is None, "fewer than two samples inside"
