@@ -217,7 +217,7 @@ def render(out: Path, benchmarks_md: bool) -> str:
     load = meta["load"]
     body = "\n".join([
         f"`{meta['command']}` ({meta['minutes']:.1f} min). The real perf_analyzer (gRPC streaming, closed loop, "
-        f"time_windows mode: 3 windows of {meta['window_seconds']:.0f} s per level at constant concurrency) against "
+        f"time_windows mode: 3 windows of {meta['window_seconds']:.0f} s per level) against "
         f"tritonserver serving {meta['model']}; input `{meta['input']}` (for `mixed_prompts.json`: prompts of 14-104 "
         f"tokens, fixed output lengths 16-192, mean 91); engine parameters {meta['params']}; batching switched with "
         "`gpt_model_type`. Output tok/s counts the tokens streamed inside the windows while every stream is busy "
