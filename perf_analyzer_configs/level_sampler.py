@@ -7,6 +7,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+import requests
+
 from perf_analyzer_configs.process_tree import tree
 from perf_analyzer_configs.server_metrics import engine_gauges
 
@@ -50,9 +52,12 @@ class LevelSampler:
 
     def _run(self) -> None:
         while True:
-            g = engine_gauges(self.metrics_url)
-            self.samples.append(Sample(time.time_ns(), g["iterations"], g["vllm:generation_tokens_total"],
-                                       cpu_seconds(self.pid)))
+            try:
+                g = engine_gauges(self.metrics_url)
+                self.samples.append(Sample(time.time_ns(), g["iterations"], g["vllm:generation_tokens_total"],
+                                           cpu_seconds(self.pid)))
+            except requests.RequestException:   # one missed scrape leaves a gap between samples, nothing more
+                pass
             if self._stop.wait(self.period_s):
                 return
 

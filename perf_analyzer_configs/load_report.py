@@ -10,9 +10,10 @@ every level takes the same time whatever its speed), numbers taken inside the wi
 are busy (perf_analyzer's drain at the end of the last window left out). Per level: output tokens/s, TTFT p50/p99,
 inter-token latency p50/p99 (per request, genai-perf's definition: (last - first response) / (tokens - 1)),
 plus, from the server itself over the same time (perf_analyzer_configs/level_sampler.py), ms per engine
-step, tokens per step and the CPU the server process tree used. Writes under --out (default bench_out/load-<time>/): per level the perf_analyzer CSV and
-profile export, summary.json, summary.csv, report.md and load_report.png; copies the plot to
-docs/load_report.png and rewrites the "load" section of BENCHMARKS.md.
+step, tokens per step and the CPU the server process tree used. Writes under --out (default
+bench_out/load-<time>/): per level the perf_analyzer CSV and profile export, summary.json, summary.csv,
+report.md and load_report.png; copies the plot to docs/load_report.png and rewrites the "load" section of
+BENCHMARKS.md.
 """
 import argparse
 import csv
@@ -55,7 +56,7 @@ def run_level(server: TritonServer, concurrency: int, window_s: float, input_fil
     row = summarize(out / f"c{concurrency}.json")
     rates = window_rates(sampler.samples, row["steady_start_ns"], row["steady_end_ns"]) if row["steady_seconds"] else None
     if rates is None:   # no two samples inside the steady window: the whole level
-        rates = window_rates(sampler.samples, 0, sampler.samples[-1].time_ns) or {}
+        rates = window_rates(sampler.samples, 0, time.time_ns()) or {}
     nan = float("nan")
     row.update({"engine_steps": nan, "step_ms": nan, "tokens_per_step": nan, "server_cpu_percent": nan, **rates,
                 "preemptions": after["vllm:num_preemptions_total"] - before["vllm:num_preemptions_total"]})
