@@ -9,20 +9,8 @@ from dataclasses import dataclass
 
 import requests
 
-from perf_analyzer_configs.process_tree import tree
+from perf_analyzer_configs.process_tree import cpu_seconds
 from perf_analyzer_configs.server_metrics import engine_gauges
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) of a process and its children so far."""
-    total = 0.0
-    for p in tree(pid):
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except Exception:   # a process that just ended
-            pass
-    return total
 
 
 @dataclass(frozen=True)

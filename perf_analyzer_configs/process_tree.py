@@ -26,6 +26,11 @@ def _cpu_seconds(processes: list[psutil.Process]) -> dict[int, float]:
     return seconds
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) the tree of `pid` has used so far."""
+    return sum(_cpu_seconds(tree(pid)).values())
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of the tree (sum of RSS; shared pages are counted in each process)."""
     total = 0
