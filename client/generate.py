@@ -66,6 +66,7 @@ def stream_grpc(url: str, prompt: str, model: str = DEFAULT_MODEL, request_id: s
     import tritonclient.grpc as grpcclient
 
     responses: queue.Queue = queue.Queue()
+    finished = False
     with grpcclient.InferenceServerClient(url) as client:
         client.start_stream(callback=lambda result, error: responses.put((result, error)))
         try:
@@ -79,9 +80,12 @@ def stream_grpc(url: str, prompt: str, model: str = DEFAULT_MODEL, request_id: s
                 if result.get_response().outputs:
                     yield decode_outputs(result)
                 if final:
+                    finished = True
                     return
         finally:
-            client.stop_stream(cancel_requests=True)
+            # Cancel only a request we walk away from; after its final response, close the stream gently:
+            # cancelling it then races Triton's trace release, which drops that request's trace.
+            client.stop_stream(cancel_requests=not finished)
 
 
 def stream_http(url: str, prompt: str, model: str = DEFAULT_MODEL, timeout_s: float | None = None,
