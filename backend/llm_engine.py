@@ -15,6 +15,7 @@ from backend.model_runner import ModelRunner, kv_cache_num_blocks
 from backend.models.loader import build_model
 from backend.models.placement import place_dense, place_experts, place_threads
 from backend.outputs import EngineStats, GenerationResult, RequestOutput
+from backend.sampler import torch_argmax
 from backend.sampling_params import SamplingParams
 from backend.scheduler import ScheduledBatch, Scheduler
 from backend.sequence import Sequence
@@ -96,6 +97,8 @@ class LLMEngine:
         log.info("attention: %s", "CPU paged kernel for prefill and decode rows, reads the cache in place"
                  if self.runner.use_paged_kernel else
                  "torch: SDPA for prefills, decodes gather each context (no CPU extension for this dtype or host)")
+        log.info("sampler: greedy rows take one argmax per step on %s", "the CPU extension (vectorized)"
+                 if self.runner.argmax is not torch_argmax else "torch (no CPU extension on this host)")
         if c.batch_scheduler_policy == "guaranteed_no_evict" and fit < 2:
             log.warning("guaranteed_no_evict reserves prompt + max_tokens per request and the KV budget holds fewer "
                         "than 2 max-length requests: raise max_tokens_in_paged_kv_cache or use max_utilization")

@@ -10,9 +10,10 @@ from backend.config import EngineConfig
 from backend.models.attention import AttentionMetadata, DecodeBatch, PrefillChunk
 from backend.models.placement import ComputeThreads
 from backend.models.spec import ModelSpec
-from backend.sampler import sample
+from backend.sampler import sample, torch_argmax
 from backend.scheduler import ScheduledBatch
 from kernels import cpu_attention
+from kernels.cpu_argmax import argmax_rows
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class ModelRunner:
         self.v_cache = torch.zeros(shape, dtype=dtype)
         # Decode attention reads the cache in place when the CPU extension is built; torch gathers otherwise.
         self.use_paged_kernel = dtype in (torch.float32, torch.bfloat16) and cpu_attention.available()
+        self.argmax = argmax_rows if cpu_attention.available() else torch_argmax   # greedy rows, same answer
         for i, layer in enumerate(model.model.layers):
             layer.self_attn.bind_cache(self.k_cache[i], self.v_cache[i], self.block_size, self.use_paged_kernel)
         self.kv_cache_bytes = 2 * self.k_cache.numel() * self.k_cache.element_size()
@@ -103,5 +105,5 @@ class ModelRunner:
         input_ids, positions, meta, logits_rows, sample_seqs = self.prepare(batch)
         with self.threads.apply():
             logits = self.model(input_ids, positions, meta, logits_rows)     # [R, V]
-            tokens, logprobs = sample(logits, sample_seqs)
+            tokens, logprobs = sample(logits, sample_seqs, self.argmax)
         return list(zip(sample_seqs, tokens, logprobs))

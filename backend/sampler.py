@@ -3,6 +3,8 @@
 Each row is processed on its own with its request's own generator, so a seeded request draws
 the same tokens whatever its batch mates are.
 """
+from typing import Callable
+
 import torch
 
 from backend.sequence import Sequence
@@ -15,13 +17,17 @@ def _plain_greedy(seq: Sequence) -> bool:
             and not p.logprobs)
 
 
-def ban_end_tokens(row: torch.Tensor, seq: Sequence) -> None:
-    """min_tokens: until the request has that many output tokens, its end tokens cannot be drawn (in place)."""
+def banned_end_tokens(seq: Sequence) -> list[int]:
+    """min_tokens: until the request has that many output tokens, its end tokens cannot be drawn."""
     p = seq.params
-    if seq.num_output_tokens < p.min_tokens:
-        banned = list(seq.eos_token_ids) + p.stop_token_ids
-        if banned:
-            row[torch.tensor(banned)] = float("-inf")
+    return list(seq.eos_token_ids) + p.stop_token_ids if seq.num_output_tokens < p.min_tokens else []
+
+
+def ban_end_tokens(row: torch.Tensor, seq: Sequence) -> None:
+    """banned_end_tokens, in place on one row."""
+    banned = banned_end_tokens(seq)
+    if banned:
+        row[torch.tensor(banned)] = float("-inf")
 
 
 def apply_penalties(row: torch.Tensor, seq: Sequence) -> torch.Tensor:
@@ -54,18 +60,29 @@ def sample_row(row: torch.Tensor, seq: Sequence) -> int:
     return int(torch.multinomial(probs, 1, generator=seq.generator))
 
 
-def sample(logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], list[float | None]]:
+def torch_argmax(logits: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(dim=-1)
+
+
+def sample(logits: torch.Tensor, seqs: list[Sequence],
+           argmax: Callable[[torch.Tensor], torch.Tensor] = torch_argmax) -> tuple[list[int], list[float | None]]:
     """logits [R, V] fp32, one row per request (this step's own tensor: changed in place) -> one token (and
-    optional logprob) per request. Plain greedy rows take one batched argmax, the others one row at a time."""
+    optional logprob) per request. Plain greedy rows take one batched argmax ([R', V] -> int64 [R'], torch's
+    answer: kernels.cpu_argmax.argmax_rows where the extension runs), the others one row at a time."""
     is_plain = [_plain_greedy(seq) for seq in seqs]
     plain = [i for i, p in enumerate(is_plain) if p]
     tokens: list[int] = [0] * len(seqs)
     logprobs: list[float | None] = [None] * len(seqs)
     if plain:
+        ban_rows, ban_ids = [], []                   # one index_put for every row's bans, not one per row
         for i in plain:
-            ban_end_tokens(logits[i], seqs[i])
+            banned = banned_end_tokens(seqs[i])
+            ban_rows += [i] * len(banned)
+            ban_ids += banned
+        if ban_rows:
+            logits[torch.tensor(ban_rows), torch.tensor(ban_ids)] = float("-inf")
         picked = logits if len(plain) == len(seqs) else logits[plain]
-        for i, tok in zip(plain, picked.argmax(dim=-1).tolist()):
+        for i, tok in zip(plain, argmax(picked.contiguous()).tolist()):
             tokens[i] = tok
     for i, seq in enumerate(seqs):
         if is_plain[i]:

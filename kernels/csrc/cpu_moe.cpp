@@ -12,6 +12,7 @@
 //        then slots): results do not depend on the thread count.
 #include <pybind11/pybind11.h>
 
+#include "argmax.h"
 #include "fast_exp.h"
 #include "paged_attention.h"
 #include "rms_norm.h"
@@ -386,4 +387,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // Microseconds each: they keep the GIL.
   m.def("write_kv_cache", &cpu_attention::write_kv_cache);
   m.def("rms_norm", &cpu_norm::rms_norm);
+  m.def("argmax_rows", &cpu_sampling::argmax_rows, pybind11::call_guard<pybind11::gil_scoped_release>());
 }
