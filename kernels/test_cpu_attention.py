@@ -50,6 +50,29 @@ def test_a_sequence_does_not_depend_on_the_batch_or_threads():
             assert torch.equal(full, paged_attention_decode(q, kc, vc, tables, lens, 0.125))
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("D,first,rows", [(64, 1, 40), (64, 200, 70), (24, 5, 9)])   # D = 24: the portable passes
+def test_rows_of_one_prompt_attend_as_each_row_alone(variant, D, first, rows):
+    """A prompt's rows (one table, lengths first, first + 1, ...) share each widened cache block in the kernel;
+    each row's result is the bits it gets alone, beside decode rows of other requests, on any thread count."""
+    S, Hq, Hkv = 16, 9, 3
+    q, kc, vc, tables, _ = make_case(3, Hq, Hkv, D, S, [first + rows] * 3, torch.bfloat16, seed=first)
+    prompt_q = q[0].expand(rows, -1, -1) + torch.arange(rows)[:, None, None] * 0.01   # distinct queries
+    lens = torch.arange(first, first + rows, dtype=torch.int32)
+    batch_q = torch.cat([q[1:2], prompt_q, q[2:3]])
+    batch_tables = torch.cat([tables[1:2], tables[0].expand(rows, -1), tables[2:3]]).contiguous()
+    batch_lens = torch.cat([torch.tensor([first + 3]), lens, torch.tensor([first + rows])]).int()
+    for n in (1, 2):
+        with build.num_threads(n):
+            out = paged_attention_decode(batch_q, kc, vc, batch_tables, batch_lens, 0.125, variant=variant)
+        for i in range(rows + 2):
+            alone = paged_attention_decode(batch_q[i:i + 1], kc, vc, batch_tables[i:i + 1], batch_lens[i:i + 1], 0.125,
+                                           variant=variant)
+            assert torch.equal(out[i:i + 1], alone), f"row {i}"
+    ref = paged_attention_reference(batch_q, kc, vc, batch_tables, batch_lens, 0.125)
+    torch.testing.assert_close(out, ref, atol=2e-6, rtol=1e-5)
+
+
 def test_bad_shapes_are_named():
     q, kc, vc, tables, lens = make_case(2, 8, 2, 64, 16, [3, 5], torch.float32)
     with pytest.raises(ValueError, match="does not fit"):

@@ -6,9 +6,9 @@
 // Layouts (contiguous, checked in kernels/cpu_attention.py): q fp32 [B, Hq, D]; k_cache, v_cache
 // [num_blocks, S, Hkv, D] fp32 or bf16; block_tables int32 [B, max_blocks]; context_lens int32 [B];
 // out fp32 [B, Hq, D].
-// One task per sequence streams each token's cache row [Hkv, D] once per pass (keys, then values) for all
-// heads, prefetching rows a few tokens ahead (blocks are scattered); results do not depend on the thread
-// count or on the other sequences in the batch.
+// One task per query row (or per run of up to 16 rows of one prompt, attend_rows) streams each token's cache
+// row [Hkv, D] once per pass (keys, then values) for all heads, prefetching rows a few tokens ahead (blocks are
+// scattered); a row's result does not depend on the thread count or on the other rows in the batch.
 // write_kv_cache, below, puts each step's new keys and values into their slots before any of this reads them.
 #include "paged_attention.h"
 
@@ -80,6 +80,7 @@ struct CacheRows {
 
 constexpr int64_t kPrefetchAhead = 16;  // tokens
 constexpr int64_t kBlock = 16;          // tokens per pass over the heads: one zmm of scores
+constexpr int64_t kMaxRowsPerTask = 16; // query rows of one request sharing each widened block (attend_rows)
 
 // rows[j] = the fp32 row [Hkv * D] of token l0 + j, j < n (bf16 widened into scratch [kBlock, Hkv * D]); rows n..kBlock-1
 // repeat row 0, so that the AVX-512 scores pass runs a fixed 16 (its sums stay in registers) and drops those lanes.
@@ -173,6 +174,29 @@ inline void block_values_portable(const float* p, const float* const* v, int64_t
     for (int64_t h = 0; h < Hq; h++) axpy(p[h * L + l0 + j], v[j] + (h / G) * D, out + h * D, D);
 }
 
+// scores[0..L) -> exp(scores - max) in place; returns 1 / their sum. The sum runs over 16 fixed lanes, combined
+// pairwise: the same bits wherever the row sits in memory (a compiler's simd reduction may peel a few elements
+// to align the pointer, and the rows of attend_rows sit at other offsets than attend_one's).
+inline float softmax_numerators(float* scores, int64_t L) {
+  constexpr int kLanes = 16;
+  const float m = *std::max_element(scores, scores + L);
+#pragma omp simd
+  for (int64_t l = 0; l < L; l++) scores[l] = fast_exp(scores[l] - m);
+  float acc[kLanes] = {};
+  int64_t l = 0;
+  for (; l + kLanes <= L; l += kLanes)
+    for (int j = 0; j < kLanes; j++) acc[j] += scores[l + j];
+  for (int j = 0; l < L; l++, j++) acc[j] += scores[l];
+  for (int n = kLanes / 2; n > 0; n /= 2)
+    for (int j = 0; j < n; j++) acc[j] += acc[j + n];
+  return 1.f / acc[0];
+}
+
+inline void normalize(float* out, const float* inv_sum, int64_t Hq, int64_t D) {   // out [Hq, D] *= inv_sum [Hq]
+  for (int64_t h = 0; h < Hq; h++)
+    for (int64_t d = 0; d < D; d++) out[h * D + d] *= inv_sum[h];
+}
+
 // One query row, all heads: q [Hq, D] -> out [Hq, D], over the first L tokens of its context. Reads each cache
 // row once per pass (keys, then values), kBlock tokens at a time.
 void attend_one(const float* q, const CacheRows& keys, const CacheRows& values, bool bf16, int64_t L, int64_t Hq,
@@ -198,16 +222,8 @@ void attend_one(const float* q, const CacheRows& keys, const CacheRows& values, 
 #endif
     block_scores_portable(q, rows, n, Hq, G, D, scale, L, l0, scores);
   }
-  std::vector<float>& inv_sum = buf.inv_sum;
-  inv_sum.resize(Hq);
-  for (int64_t h = 0; h < Hq; h++) {
-    float* sh = scores + h * L;
-    const float m = *std::max_element(sh, sh + L);
-    float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t l = 0; l < L; l++) sum += (sh[l] = fast_exp(sh[l] - m));
-    inv_sum[h] = 1.f / sum;
-  }
+  buf.inv_sum.resize(Hq);
+  for (int64_t h = 0; h < Hq; h++) buf.inv_sum[h] = softmax_numerators(scores + h * L, L);
   std::fill(out, out + Hq * D, 0.f);
   for (int64_t l0 = 0; l0 < L; l0 += kBlock) {
     const int64_t n = std::min(kBlock, L - l0);
@@ -220,8 +236,57 @@ void attend_one(const float* q, const CacheRows& keys, const CacheRows& values, 
 #endif
     block_values_portable(scores, rows, n, Hq, G, D, L, l0, out);
   }
-  for (int64_t h = 0; h < Hq; h++)
-    for (int64_t d = 0; d < D; d++) out[h * D + d] *= inv_sum[h];
+  normalize(out, buf.inv_sum.data(), Hq, D);
+}
+
+// Consecutive query rows of one request (context lengths L0, L0 + 1, ...; the same block table): attend_one's
+// arithmetic for each row, bit for bit, but each block of keys and values is widened and read once for all of
+// them instead of once per row (a prompt's rows re-read the same cache: each block P / 2 times on average).
+// q [R, Hq, D] -> out [R, Hq, D]. A row's result does not depend on the rows beside it: its lanes of a shared
+// block past its own length are computed on real rows and dropped, as attend_one drops them.
+void attend_rows(const float* q, int64_t R, const CacheRows& keys, const CacheRows& values, bool bf16, int64_t L0,
+                 int64_t Hq, int64_t Hkv, int64_t D, float scale, float* out, Scratch& buf) {
+  const int64_t G = Hq / Hkv, HD = Hkv * D, Lmax = L0 + R - 1;
+  buf.scores.resize(R * Hq * Lmax);
+  buf.rows.resize(kBlock * HD);
+  buf.inv_sum.resize(R * Hq);
+  auto scores = [&](int64_t r) { return buf.scores.data() + r * Hq * Lmax; };   // [Hq, Lmax] per row
+  const float* rows[kBlock];
+#if defined(__AVX512F__)
+  [[maybe_unused]] const bool wide = D % 16 == 0;
+#else
+  [[maybe_unused]] const bool wide = false;
+#endif
+  for (int64_t l0 = 0; l0 < Lmax; l0 += kBlock) {
+    block_rows(keys, bf16, l0, std::min(kBlock, Lmax - l0), Lmax, HD, buf.rows.data(), rows);
+    for (int64_t r = std::max<int64_t>(0, l0 + 1 - L0); r < R; r++) {   // rows whose context reaches l0
+      const int64_t n = std::min(kBlock, L0 + r - l0);
+#if defined(__AVX512F__)
+      if (wide) {
+        block_scores(q + r * Hq * D, rows, n, Hq, G, D, scale, Lmax, l0, scores(r));
+        continue;
+      }
+#endif
+      block_scores_portable(q + r * Hq * D, rows, n, Hq, G, D, scale, Lmax, l0, scores(r));
+    }
+  }
+  for (int64_t r = 0; r < R; r++)
+    for (int64_t h = 0; h < Hq; h++) buf.inv_sum[r * Hq + h] = softmax_numerators(scores(r) + h * Lmax, L0 + r);
+  std::fill(out, out + R * Hq * D, 0.f);
+  for (int64_t l0 = 0; l0 < Lmax; l0 += kBlock) {
+    block_rows(values, bf16, l0, std::min(kBlock, Lmax - l0), Lmax, HD, buf.rows.data(), rows);
+    for (int64_t r = std::max<int64_t>(0, l0 + 1 - L0); r < R; r++) {
+      const int64_t n = std::min(kBlock, L0 + r - l0);
+#if defined(__AVX512F__)
+      if (wide) {
+        block_values(scores(r), rows, n, Hq, G, D, Lmax, l0, out + r * Hq * D);
+        continue;
+      }
+#endif
+      block_values_portable(scores(r), rows, n, Hq, G, D, Lmax, l0, out + r * Hq * D);
+    }
+  }
+  for (int64_t r = 0; r < R; r++) normalize(out + r * Hq * D, buf.inv_sum.data() + r * Hq, Hq, D);
 }
 
 // fp32 -> bf16 as torch's .to(torch.bfloat16) rounds: to nearest even; a NaN stays a NaN (c10's scalar 0x7FC0).
@@ -269,8 +334,28 @@ void paged_attention_decode(bool cache_bf16, int64_t B, int64_t Hq, int64_t Hkv,
   const int32_t* context_lens = reinterpret_cast<const int32_t*>(context_lens_ptr);  // [B]
   float* out = reinterpret_cast<float*>(out_ptr);                                  // [B, Hq, D]
   const int64_t row_bytes = Hkv * D * (cache_bf16 ? 2 : 4);
-  cpu_moe::run_tasks(B, [&](int64_t b) {
+  // Tasks: runs of rows of one request (the same table, lengths L, L + 1, ...: a prompt's rows) in chunks, so
+  // that every run gives at least 4 tasks and a chunk's scores [rows, Hq, L] stay under 512 KB (L2); a decode
+  // row is a task of its own.
+  struct Task { int64_t b, rows; };   // rows b .. b + rows - 1
+  std::vector<Task> tasks;
+  for (int64_t b = 0; b < B;) {
+    int64_t n = 1;
+    while (b + n < B && context_lens[b + n] == context_lens[b] + n && context_lens[b] > 0 &&
+           std::memcmp(block_tables + b * max_blocks, block_tables + (b + n) * max_blocks, max_blocks * 4) == 0)
+      n++;
+    const int64_t longest = std::max<int64_t>(1, context_lens[b] + n - 1);
+    const int64_t fit = std::max<int64_t>(1, (int64_t(512) << 10) / (4 * Hq * longest));
+    const int64_t chunk = std::min({kMaxRowsPerTask, fit, (n + 3) / 4});
+    for (int64_t i = 0; i < n; i += chunk) tasks.push_back({b + i, std::min(chunk, n - i)});
+    b += n;
+  }
+  // Longest work first (rows x context), so that the last tasks the threads claim are short ones.
+  auto work = [&](const Task& t) { return t.rows * (context_lens[t.b] + t.rows); };
+  std::stable_sort(tasks.begin(), tasks.end(), [&](const Task& x, const Task& y) { return work(x) > work(y); });
+  cpu_moe::run_tasks(int64_t(tasks.size()), [&](int64_t t) {
     static thread_local Scratch buf;
+    const int64_t b = tasks[t].b;
     float* o = out + b * Hq * D;
     const int64_t L = context_lens[b];
     if (L <= 0) {
@@ -280,7 +365,10 @@ void paged_attention_decode(bool cache_bf16, int64_t B, int64_t Hq, int64_t Hkv,
     const int32_t* table = block_tables + b * max_blocks;
     const CacheRows keys{reinterpret_cast<const char*>(k_cache_ptr), row_bytes, S, table};     // [NB, S, Hkv, D]
     const CacheRows values{reinterpret_cast<const char*>(v_cache_ptr), row_bytes, S, table};
-    attend_one(q + b * Hq * D, keys, values, cache_bf16, L, Hq, Hkv, D, float(scale), o, buf);
+    if (tasks[t].rows == 1)
+      attend_one(q + b * Hq * D, keys, values, cache_bf16, L, Hq, Hkv, D, float(scale), o, buf);
+    else
+      attend_rows(q + b * Hq * D, tasks[t].rows, keys, values, cache_bf16, L, Hq, Hkv, D, float(scale), o, buf);
   });
 }
 
