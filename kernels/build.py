@@ -20,7 +20,7 @@ import torch.utils.cpp_extension as cpp_extension
 from kernels.cpu_features import Variant, isa_summary, supported_variants, variant
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = ("argmax.cpp", "cpu_moe.cpp", "paged_attention.cpp", "rms_norm.cpp", "task_pool.cpp")
+SOURCES = ("argmax.cpp", "cpu_moe.cpp", "paged_attention.cpp", "rms_norm.cpp", "rotary_kv.cpp", "task_pool.cpp")
 CACHE = Path(__file__).resolve().parent.parent / ".cache" / "torch_extensions"
 COMMON_CFLAGS = ("-O3", "-fopenmp", "-std=c++17", "-DNDEBUG")
 

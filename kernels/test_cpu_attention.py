@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from kernels import build
-from kernels.cpu_attention import paged_attention_decode, write_kv_cache
+from backend.models.layers import RotaryEmbedding, apply_rotary
+from kernels.cpu_attention import paged_attention_decode, rotary_write_kv
 from kernels.cpu_features import supported_variants
 from kernels.paged_attention_reference import paged_attention_reference
 
@@ -85,35 +86,45 @@ def test_bad_shapes_are_named():
         paged_attention_decode(q, kc.half(), vc.half(), tables, lens, 0.125)
 
 
+def rotary_tables(positions, D):
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, D, 2).float() / D))
+    return RotaryEmbedding(inv_freq, 1.0)(positions, torch.float32)          # [N, 1, D] each, as the engine's
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_write_kv_cache_matches_torch_index_put(variant, dtype):
+def test_rotary_write_kv_matches_apply_rotary_and_index_put(variant, dtype):
     g = torch.Generator().manual_seed(3)
     N, Hq, Hkv, D, slots = 7, 6, 2, 16, 50
-    qkv = torch.randn(N, (Hq + 2 * Hkv) * D, generator=g) * 3          # k and v as strided views, as in the engine
+    qkv = torch.randn(N, (Hq + 2 * Hkv) * D, generator=g) * 3          # q, k and v as strided views, as in the engine
     qkv[0, Hq * D:Hq * D + 6] = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e-40, -0.0, 3.0000001])
-    k = qkv[:, Hq * D:(Hq + Hkv) * D].view(N, Hkv, D)
-    v = qkv[:, (Hq + Hkv) * D:].view(N, Hkv, D)
+    qkv[1, (Hq + Hkv) * D:(Hq + Hkv) * D + 3] = torch.tensor([float("nan"), 1e-40, -0.0])
+    q, k, v = (t.view(N, -1, D) for t in qkv.split((Hq * D, Hkv * D, Hkv * D), dim=-1))
+    cos, sin = rotary_tables(torch.tensor([0, 1, 5, 17, 300, 4095, 9]), D)
     slot_mapping = torch.randperm(slots, generator=g)[:N]
     ours = [torch.zeros(slots, Hkv, D, dtype=dtype) for _ in range(2)]
     ref = [torch.zeros(slots, Hkv, D, dtype=dtype) for _ in range(2)]
-    write_kv_cache(k, v, *ours, slot_mapping, variant=variant)
-    ref[0][slot_mapping], ref[1][slot_mapping] = k.to(dtype), v.to(dtype)
-    bits = torch.int16 if dtype == torch.bfloat16 else torch.int32
-    for a, b in zip(ours, ref):   # bit for bit (-0.0, denormals and rounding ties included); any NaN stays a NaN
+    q_out = rotary_write_kv(q, k, v, cos, sin, *ours, slot_mapping, variant=variant)
+    ref[0][slot_mapping], ref[1][slot_mapping] = apply_rotary(k, cos, sin).to(dtype), v.to(dtype)
+    assert q_out.is_contiguous()
+    bits = {torch.bfloat16: torch.int16, torch.float32: torch.int32}
+    for a, b in zip(ours + [q_out], ref + [apply_rotary(q, cos, sin)]):   # bit for bit (-0.0, denormals, ties); NaN stays NaN
         assert torch.equal(a.isnan(), b.isnan())
-        assert torch.equal(a.view(bits)[~a.isnan()], b.view(bits)[~b.isnan()])
+        assert torch.equal(a.view(bits[a.dtype])[~a.isnan()], b.view(bits[b.dtype])[~b.isnan()])
 
 
-def test_write_kv_cache_refuses_bad_input():
+def test_rotary_write_kv_refuses_bad_input():
     k = torch.randn(3, 2, 8)
+    cos, sin = rotary_tables(torch.arange(3), 8)
     cache = torch.zeros(10, 2, 8)
     with pytest.raises(IndexError, match="slot_mapping\\[1\\] = 10 is outside"):
-        write_kv_cache(k, k, cache, cache.clone(), torch.tensor([0, 10, 2]))
+        rotary_write_kv(k, k, k, cos, sin, cache, cache.clone(), torch.tensor([0, 10, 2]))
     assert torch.equal(cache, torch.zeros(10, 2, 8))                    # nothing written
     with pytest.raises(ValueError, match="^slot_mapping must be"):
-        write_kv_cache(k, k, cache, cache.clone(), torch.tensor([0, 1, 2], dtype=torch.int32))
+        rotary_write_kv(k, k, k, cos, sin, cache, cache.clone(), torch.tensor([0, 1, 2], dtype=torch.int32))
     with pytest.raises(ValueError, match="^v must be"):
-        write_kv_cache(k, k.double(), cache, cache.clone(), torch.tensor([0, 1, 2]))
+        rotary_write_kv(k, k, k.double(), cos, sin, cache, cache.clone(), torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="^sin must be"):
+        rotary_write_kv(k, k, k, cos, sin[:2], cache, cache.clone(), torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="^v_cache must be"):
-        write_kv_cache(k, k, cache, torch.zeros(10, 2, 8, dtype=torch.bfloat16), torch.tensor([0, 1, 2]))
+        rotary_write_kv(k, k, k, cos, sin, cache, torch.zeros(10, 2, 8, dtype=torch.bfloat16), torch.tensor([0, 1, 2]))

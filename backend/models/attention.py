@@ -15,7 +15,7 @@ from torch import nn
 
 from backend.models.layers import RMSNorm, apply_rotary
 from backend.models.spec import ModelSpec
-from kernels.cpu_attention import paged_attention_decode, write_kv_cache
+from kernels.cpu_attention import paged_attention_decode, rotary_write_kv
 
 
 @dataclass
@@ -63,14 +63,14 @@ class Attention(nn.Module):
         self.k_cache = self.v_cache = None     # [slots, Hkv, D], bound by the model runner (bind_cache)
         self.block_size = None                 # tokens per cache block
         self.paged_cache = None                # (k, v) viewed as [num_blocks, block_size, Hkv, D] for the decode kernel
-        self.write_kv = None                   # kernels.cpu_attention.write_kv_cache where the extension runs
+        self.rotary_write_kv = None            # kernels.cpu_attention.rotary_write_kv where the extension runs
 
     def bind_cache(self, k_cache: torch.Tensor, v_cache: torch.Tensor, block_size: int, use_kernel: bool) -> None:
         """use_kernel: the CPU extension writes new K/V into the cache and attends every row, prefill or decode."""
         self.k_cache, self.v_cache, self.block_size = k_cache, v_cache, block_size
         shape = (-1, block_size, *k_cache.shape[1:])
         self.paged_cache = k_cache.view(shape), v_cache.view(shape)
-        self.write_kv = write_kv_cache if use_kernel else None
+        self.rotary_write_kv = rotary_write_kv if use_kernel else None
 
     def fuse_qkv(self, make_linear) -> None:
         """Replaces q/k/v_proj by make_linear(stacked weight, stacked bias): one kernel call per step instead of three."""
@@ -95,11 +95,10 @@ class Attention(nn.Module):
         v = v.view(n, s.num_kv_heads, s.head_dim)
         if s.qk_norm == "head":
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-
-        if self.write_kv is not None and k.dtype == torch.float32:
-            self.write_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
+        if self.rotary_write_kv is not None and q.dtype == torch.float32 and not meta.prefills:   # k, v: cache only
+            q = self.rotary_write_kv(q, k, v, cos, sin, self.k_cache, self.v_cache, meta.slot_mapping)
         else:
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
             self.k_cache[meta.slot_mapping] = k.to(self.k_cache.dtype)
             self.v_cache[meta.slot_mapping] = v.to(self.v_cache.dtype)
         if not meta.prefills:                                           # decode-only step: rows are the decode rows

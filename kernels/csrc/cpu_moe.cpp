@@ -16,6 +16,7 @@
 #include "fast_exp.h"
 #include "paged_attention.h"
 #include "rms_norm.h"
+#include "rotary_kv.h"
 #include "task_pool.h"
 
 #include <algorithm>
@@ -385,7 +386,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_attention_decode", &cpu_attention::paged_attention_decode,
         pybind11::call_guard<pybind11::gil_scoped_release>());
   // Microseconds each: they keep the GIL.
-  m.def("write_kv_cache", &cpu_attention::write_kv_cache);
+  m.def("rotary_write_kv", &cpu_attention::rotary_write_kv);
   m.def("rms_norm", &cpu_norm::rms_norm);
   m.def("argmax_rows", &cpu_sampling::argmax_rows, pybind11::call_guard<pybind11::gil_scoped_release>());
 }

@@ -9,7 +9,7 @@
 // One task per query row (or per run of up to 16 rows of one prompt, attend_rows) streams each token's cache
 // row [Hkv, D] once per pass (keys, then values) for all heads, prefetching rows a few tokens ahead (blocks are
 // scattered); a row's result does not depend on the thread count or on the other rows in the batch.
-// write_kv_cache, below, puts each step's new keys and values into their slots before any of this reads them.
+// rotary_kv.cpp puts each step's new keys and values into their slots before any of this reads them.
 #include "paged_attention.h"
 
 #include "fast_exp.h"
@@ -20,10 +20,7 @@
 #endif
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
-#include <stdexcept>
-#include <string>
 #include <vector>
 
 namespace cpu_attention {
@@ -289,41 +286,7 @@ void attend_rows(const float* q, int64_t R, const CacheRows& keys, const CacheRo
   for (int64_t r = 0; r < R; r++) normalize(out + r * Hq * D, buf.inv_sum.data() + r * Hq, Hq, D);
 }
 
-// fp32 -> bf16 as torch's .to(torch.bfloat16) rounds: to nearest even; a NaN stays a NaN (c10's scalar 0x7FC0).
-inline uint16_t to_bf16(float f) {
-  if (std::isnan(f)) return 0x7FC0;
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return uint16_t((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
-}
-
 }  // namespace
-
-// The step's new keys and values into their cache slots (vLLM's reshape_and_cache): k, v fp32 [N, row_elems]
-// with row strides k_stride / v_stride (views of the fused qkv output), slots int64 [N], caches
-// [num_slots, row_elems] fp32 or bf16. One call instead of torch's convert + index_put for each of k and v.
-void write_kv_cache(bool cache_bf16, int64_t N, int64_t row_elems, uintptr_t k_ptr, int64_t k_stride, uintptr_t v_ptr,
-                    int64_t v_stride, uintptr_t slots_ptr, int64_t num_slots, uintptr_t k_cache_ptr,
-                    uintptr_t v_cache_ptr) {
-  const int64_t* slots = reinterpret_cast<const int64_t*>(slots_ptr);
-  for (int64_t n = 0; n < N; n++)
-    if (slots[n] < 0 || slots[n] >= num_slots)
-      throw std::out_of_range("slot_mapping[" + std::to_string(n) + "] = " + std::to_string(slots[n]) +
-                              " is outside the cache's " + std::to_string(num_slots) + " slots");
-  const float* src[2] = {reinterpret_cast<const float*>(k_ptr), reinterpret_cast<const float*>(v_ptr)};
-  const int64_t stride[2] = {k_stride, v_stride};
-  char* cache[2] = {reinterpret_cast<char*>(k_cache_ptr), reinterpret_cast<char*>(v_cache_ptr)};
-  for (int kv = 0; kv < 2; kv++)
-    for (int64_t n = 0; n < N; n++) {
-      const float* row = src[kv] + n * stride[kv];
-      if (cache_bf16) {
-        uint16_t* dst = reinterpret_cast<uint16_t*>(cache[kv]) + slots[n] * row_elems;
-        for (int64_t i = 0; i < row_elems; i++) dst[i] = to_bf16(row[i]);
-      } else {
-        std::memcpy(reinterpret_cast<float*>(cache[kv]) + slots[n] * row_elems, row, row_elems * 4);
-      }
-    }
-}
 
 void paged_attention_decode(bool cache_bf16, int64_t B, int64_t Hq, int64_t Hkv, int64_t D, int64_t S,
                             int64_t max_blocks, double scale, uintptr_t q_ptr, uintptr_t k_cache_ptr,

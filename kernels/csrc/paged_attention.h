@@ -1,4 +1,4 @@
-// Paged-attention decode on the CPU and the cache writes before it; see paged_attention.cpp.
+// Paged attention on the CPU; see paged_attention.cpp.
 #pragma once
 #include <cstdint>
 
@@ -7,7 +7,4 @@ void paged_attention_decode(bool cache_bf16, int64_t B, int64_t Hq, int64_t Hkv,
                             int64_t max_blocks, double scale, uintptr_t q_ptr, uintptr_t k_cache_ptr,
                             uintptr_t v_cache_ptr, uintptr_t block_tables_ptr, uintptr_t context_lens_ptr,
                             uintptr_t out_ptr);
-void write_kv_cache(bool cache_bf16, int64_t N, int64_t row_elems, uintptr_t k_ptr, int64_t k_stride, uintptr_t v_ptr,
-                    int64_t v_stride, uintptr_t slots_ptr, int64_t num_slots, uintptr_t k_cache_ptr,
-                    uintptr_t v_cache_ptr);
 }
