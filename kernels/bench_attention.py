@@ -6,6 +6,8 @@ At the default model's attention shape (9 query heads, 3 kv heads, head dim 64, 
 scattered over the cache), two kinds of rows, as the engine runs them:
   - decode: B requests with L tokens of context, one query each. Torch path: gather each context, then SDPA.
   - prefill: one prompt of P tokens (its K/V already in the cache). Torch path: SDPA, causal, on the prompt's K/V.
+And what each layer runs before them on a step of N new tokens: rotary on q and k and the K/V cache write
+(kernels.cpu_attention.rotary_write_kv; torch path: apply_rotary twice, then index_put).
 The kernel runs on the extension's task pool with every core (the engine's setting); torch on one thread (the
 engine's setting for torch ops beside the pool) and on every core. Prints ms per call (median) and the ratios.
 """
@@ -18,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from kernels import build
-from kernels.cpu_attention import paged_attention_decode
+from backend.models.layers import RotaryEmbedding, apply_rotary
+from kernels.cpu_attention import paged_attention_decode, rotary_write_kv
 
 HQ, HKV, D, S = 9, 3, 64, 16
 SCALE = D ** -0.5
@@ -48,6 +51,12 @@ def torch_decode(q, k_cache, v_cache, tables, lens):
 
 def torch_prefill(q, k, v):
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=SCALE, enable_gqa=True)
+
+
+def torch_rotary_write_kv(q, k, v, cos, sin, k_cache, v_cache, slots):
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    k_cache[slots], v_cache[slots] = k.to(k_cache.dtype), v.to(v_cache.dtype)
+    return q
 
 
 def timed(fn, repeats: int) -> float:
@@ -97,12 +106,22 @@ def main(argv: list[str] | None = None) -> int:
             qp = q.transpose(0, 1).unsqueeze(0)                                         # [1, Hq, P, D]
             rows.append(run_case("prefill", f"P={P}", lambda c=case: paged_attention_decode(*c, SCALE),
                                  lambda a=(qp, k, v): torch_prefill(*a), max(5, args.repeats // (1 + P // 100)), cores))
+        for N in (1, 16):                     # what each layer runs before attention, on a step of N new tokens
+            qkv = torch.randn(N, (HQ + 2 * HKV) * D, generator=g)
+            q, k, v = (t.view(N, -1, D) for t in qkv.split((HQ * D, HKV * D, HKV * D), dim=-1))
+            cos, sin = RotaryEmbedding(1.0 / (10000 ** (torch.arange(0, D, 2).float() / D)), 1.0)(torch.arange(N) + 100, q.dtype)
+            k_cache = torch.zeros(4096, HKV, D, dtype=torch.bfloat16)
+            v_cache, slots = torch.zeros_like(k_cache), torch.randperm(4096, generator=g)[:N]
+            rows.append(run_case("rotary + cache write", f"N={N}",
+                                 lambda a=(q, k, v, cos, sin, k_cache, v_cache, slots): rotary_write_kv(*a),
+                                 lambda a=(q, k, v, cos, sin, k_cache, v_cache, slots): torch_rotary_write_kv(*a),
+                                 args.repeats * 20, cores))
     print(f"paged attention, {HQ} query / {HKV} kv heads, head dim {D}, bf16 cache in {S}-token blocks; kernel on "
           f"{cores} pool threads; ms per call (median)")
     print(f"| rows | size | paged kernel | torch, 1 thread | torch, {cores} threads | vs torch 1 thread | "
           f"vs torch {cores} threads |\n|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['kind']} | {r['size']} | {r['kernel_ms']:.3f} | {r['torch1_ms']:.3f} | {r['torch_all_ms']:.3f} | "
+        print(f"| {r['kind']} | {r['size']} | {r['kernel_ms']:.4f} | {r['torch1_ms']:.4f} | {r['torch_all_ms']:.4f} | "
               f"{r['torch1_ms'] / r['kernel_ms']:.2f}x | {r['torch_all_ms'] / r['kernel_ms']:.2f}x |")
     return 0
 

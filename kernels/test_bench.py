@@ -40,5 +40,6 @@ def test_prefetch_baseline_rows_run_in_the_same_rounds(monkeypatch):
 def test_attention_bench_prints_its_table(capsys):
     from kernels import bench_attention
     assert bench_attention.main(["--repeats", "1"]) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| decode") or line.startswith("| prefill")]
-    assert len(lines) == 7 and all(line.count("x |") == 2 for line in lines)
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if line.startswith(("| decode", "| prefill", "| rotary + cache write"))]
+    assert len(lines) == 9 and all(line.count("x |") == 2 for line in lines)

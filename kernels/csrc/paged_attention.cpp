@@ -173,7 +173,7 @@ inline void block_values_portable(const float* p, const float* const* v, int64_t
 
 // scores[0..L) -> exp(scores - max) in place; returns 1 / their sum. The sum runs over 16 fixed lanes, combined
 // pairwise: the same bits wherever the row sits in memory (a compiler's simd reduction may peel a few elements
-// to align the pointer, and the rows of attend_rows sit at other offsets than attend_one's).
+// to align the pointer, and a row's scores sit at another offset in a run than alone).
 inline float softmax_numerators(float* scores, int64_t L) {
   constexpr int kLanes = 16;
   const float m = *std::max_element(scores, scores + L);
@@ -194,53 +194,11 @@ inline void normalize(float* out, const float* inv_sum, int64_t Hq, int64_t D) {
     for (int64_t d = 0; d < D; d++) out[h * D + d] *= inv_sum[h];
 }
 
-// One query row, all heads: q [Hq, D] -> out [Hq, D], over the first L tokens of its context. Reads each cache
-// row once per pass (keys, then values), kBlock tokens at a time.
-void attend_one(const float* q, const CacheRows& keys, const CacheRows& values, bool bf16, int64_t L, int64_t Hq,
-                int64_t Hkv, int64_t D, float scale, float* out, Scratch& buf) {
-  const int64_t G = Hq / Hkv, HD = Hkv * D;
-  buf.scores.resize(Hq * L);
-  buf.rows.resize(kBlock * HD);
-  float* scores = buf.scores.data();   // [Hq, L]
-  const float* rows[kBlock];
-#if defined(__AVX512F__)
-  [[maybe_unused]] const bool wide = D % 16 == 0;
-#else
-  [[maybe_unused]] const bool wide = false;
-#endif
-  for (int64_t l0 = 0; l0 < L; l0 += kBlock) {
-    const int64_t n = std::min(kBlock, L - l0);
-    block_rows(keys, bf16, l0, n, L, HD, buf.rows.data(), rows);
-#if defined(__AVX512F__)
-    if (wide) {
-      block_scores(q, rows, n, Hq, G, D, scale, L, l0, scores);
-      continue;
-    }
-#endif
-    block_scores_portable(q, rows, n, Hq, G, D, scale, L, l0, scores);
-  }
-  buf.inv_sum.resize(Hq);
-  for (int64_t h = 0; h < Hq; h++) buf.inv_sum[h] = softmax_numerators(scores + h * L, L);
-  std::fill(out, out + Hq * D, 0.f);
-  for (int64_t l0 = 0; l0 < L; l0 += kBlock) {
-    const int64_t n = std::min(kBlock, L - l0);
-    block_rows(values, bf16, l0, n, L, HD, buf.rows.data(), rows);
-#if defined(__AVX512F__)
-    if (wide) {
-      block_values(scores, rows, n, Hq, G, D, L, l0, out);
-      continue;
-    }
-#endif
-    block_values_portable(scores, rows, n, Hq, G, D, L, l0, out);
-  }
-  normalize(out, buf.inv_sum.data(), Hq, D);
-}
-
-// Consecutive query rows of one request (context lengths L0, L0 + 1, ...; the same block table): attend_one's
-// arithmetic for each row, bit for bit, but each block of keys and values is widened and read once for all of
-// them instead of once per row (a prompt's rows re-read the same cache: each block P / 2 times on average).
-// q [R, Hq, D] -> out [R, Hq, D]. A row's result does not depend on the rows beside it: its lanes of a shared
-// block past its own length are computed on real rows and dropped, as attend_one drops them.
+// R consecutive query rows of one request, all heads (context lengths L0, L0 + 1, ...; the same block table):
+// q [R, Hq, D] -> out [R, Hq, D]. Reads each cache row once per pass (keys, then values), kBlock tokens at a
+// time, for all R rows: a prompt's rows re-read the same cache, each block P / 2 times on average. A row's result
+// does not depend on R or on the rows beside it: each row's arithmetic is the same as alone (R = 1, a decode
+// row), and its lanes of a shared block past its own length are computed on real rows and dropped.
 void attend_rows(const float* q, int64_t R, const CacheRows& keys, const CacheRows& values, bool bf16, int64_t L0,
                  int64_t Hq, int64_t Hkv, int64_t D, float scale, float* out, Scratch& buf) {
   const int64_t G = Hq / Hkv, HD = Hkv * D, Lmax = L0 + R - 1;
@@ -328,10 +286,7 @@ void paged_attention_decode(bool cache_bf16, int64_t B, int64_t Hq, int64_t Hkv,
     const int32_t* table = block_tables + b * max_blocks;
     const CacheRows keys{reinterpret_cast<const char*>(k_cache_ptr), row_bytes, S, table};     // [NB, S, Hkv, D]
     const CacheRows values{reinterpret_cast<const char*>(v_cache_ptr), row_bytes, S, table};
-    if (tasks[t].rows == 1)
-      attend_one(q + b * Hq * D, keys, values, cache_bf16, L, Hq, Hkv, D, float(scale), o, buf);
-    else
-      attend_rows(q + b * Hq * D, tasks[t].rows, keys, values, cache_bf16, L, Hq, Hkv, D, float(scale), o, buf);
+    attend_rows(q + b * Hq * D, tasks[t].rows, keys, values, cache_bf16, L, Hq, Hkv, D, float(scale), o, buf);
   });
 }
 
