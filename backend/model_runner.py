@@ -64,8 +64,9 @@ class ModelRunner:
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
             input_ids.extend(seq.token_ids[start:end])
-            positions.append(torch.arange(start, end))
-            slot_mapping.append(self._slots(seq.block_table, start, end))
+            positions.extend(range(start, end))
+            table, bs = seq.block_table, self.block_size      # Python ints: a decode row is one slot, not 4 torch calls
+            slot_mapping.extend(table[p // bs] * bs + p % bs for p in range(start, end))
             if self.use_paged_kernel or (n == 1 and start > 0):
                 decode_rows.extend(range(row, row + n))
                 decode_groups.append((seq, n))
@@ -76,10 +77,10 @@ class ModelRunner:
             if end == seq.num_tokens:                    # this step reaches the newest token: sample
                 logits_rows.append(row - 1)
                 sample_seqs.append(seq)
-        meta = AttentionMetadata(slot_mapping=torch.cat(slot_mapping), prefills=prefills)
+        meta = AttentionMetadata(slot_mapping=torch.tensor(slot_mapping, dtype=torch.long), prefills=prefills)
         if decode_rows:
             meta.decode = self._decode_batch(decode_rows, decode_groups, context_lens)
-        return (torch.tensor(input_ids, dtype=torch.long), torch.cat(positions), meta,
+        return (torch.tensor(input_ids, dtype=torch.long), torch.tensor(positions, dtype=torch.long), meta,
                 torch.tensor(logits_rows, dtype=torch.long), sample_seqs)
 
     def _decode_batch(self, rows: list[int], seqs: list[tuple], lens: list[int]) -> DecodeBatch:
