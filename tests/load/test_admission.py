@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from tests.load.conftest import BLOCK, KV_TOKENS
-from tests.load.load_helpers import TimedStream, gauges, wait_idle
+from tests.load.load_helpers import TimedStream, gauges, wait_idle, wait_until
 
 NUM_REQUESTS = 5
 BLOCKS_PER_REQUEST = 82
@@ -53,14 +53,21 @@ def test_guaranteed_no_evict_runs_t_div_r_at_once(no_evict_server, tokenizer):
     try:
         peaks = watch(no_evict_server, streams, lambda p: p["scheduled"] >= fit and p["active+pending"] == NUM_REQUESTS
                       and p["waiting"] >= 1, timeout_s=30)
-        time.sleep(0.5)   # keep watching a little: nothing more may be scheduled while the first three run
-        g = gauges(no_evict_server)
-        peaks["scheduled"] = max(peaks["scheduled"], g["scheduled"])
+        admitted = wait_until(lambda: [s for s in streams if s.arrivals] if sum(bool(s.arrivals) for s in streams) >= fit
+                              else None, timeout_s=30, what=f"{fit} streams with tokens")
+        assert len(admitted) == fit, "exactly the admitted requests stream tokens"
+        # Keep watching while the admitted run (on the tiny model they finish in about half a second): nothing more
+        # may be scheduled, and no other stream may get a token before one of them has finished.
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline and not any(s.done.is_set() for s in admitted):
+            peaks["scheduled"] = max(peaks["scheduled"], gauges(no_evict_server)["scheduled"])
+            others = sum(bool(s.arrivals) for s in streams if s not in admitted)
+            assert others == 0 or any(s.done.is_set() for s in admitted), "a waiting request streamed early"
+            time.sleep(0.03)
         print(f"guaranteed_no_evict peaks: {peaks}")
         assert peaks["scheduled"] == fit, peaks
         assert peaks["active+pending"] == NUM_REQUESTS, peaks
         assert peaks["waiting"] >= 1 and peaks["paused"] == 0, peaks
-        assert sum(bool(s.arrivals) for s in streams) == fit, "exactly the admitted requests stream tokens"
     finally:
         for s in streams:
             s.cancel()
