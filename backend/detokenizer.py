@@ -1,9 +1,12 @@
 """Incremental detokenisation: turns each request's new token ids into exactly the text they add.
 
 Decoding the new ids on their own loses leading spaces (SentencePiece) and splits multi-byte
-characters; so we decode a few prompt tokens plus the whole output and diff against what was
-already sent, hold back an incomplete UTF-8 tail, and hold back as many characters as a stop
-string could still need so that a matched stop string is never streamed.
+characters; so each step decodes a short window (vLLM's prefix and read offsets): the ids already
+turned into text last time (the context: a few prompt tokens at first) plus the unread ones, and
+keeps what the unread ones add. A window ending in an incomplete UTF-8 character waits for the next
+token. The work per token stays constant however long the output grows (decoding the whole output
+every step cost 0.35 ms per request at 2000 tokens). Text is held back for as many characters as a
+stop string could still need, so that a matched stop string is never streamed.
 """
 PREFIX_TOKENS = 6
 
@@ -11,9 +14,9 @@ PREFIX_TOKENS = 6
 class IncrementalDetokenizer:
     def __init__(self, tokenizer, prompt_ids: list[int], stop: list[str], include_stop: bool = False):
         self.tokenizer = tokenizer
-        self.prefix_ids = list(prompt_ids[-PREFIX_TOKENS:])
-        self.prefix_text = self._decode(self.prefix_ids)
-        self.ids: list[int] = []
+        self.ids = list(prompt_ids[-PREFIX_TOKENS:])   # the prompt's tail, then every output id
+        self.prefix_offset, self.read_offset = 0, len(self.ids)   # ids[prefix:read] = the last text-making window
+        self.prefix_text = self._decode(self.ids)
         self.text = ""            # output text decoded so far (complete characters only)
         self.sent = 0             # characters of `text` already returned as deltas
         self.stop = stop
@@ -25,10 +28,14 @@ class IncrementalDetokenizer:
 
     def append(self, token_ids: list[int], final: bool = False) -> None:
         self.ids.extend(token_ids)
-        full = self._decode(self.prefix_ids + self.ids)
-        text = full[len(self.prefix_text):] if full.startswith(self.prefix_text) else self._decode(self.ids)
-        if final or not text.endswith("\ufffd"):
-            self.text = text
+        window = self._decode(self.ids[self.prefix_offset:])
+        # A normalizer may join text across the window's start: then the unread ids decode on their own.
+        added = window[len(self.prefix_text):] if window.startswith(self.prefix_text) else \
+            self._decode(self.ids[self.read_offset:])
+        if added and (final or not added.endswith("\ufffd")):
+            self.text += added
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+            self.prefix_text = self._decode(self.ids[self.prefix_offset:self.read_offset])
 
     def find_stop(self) -> str | None:
         """If a stop string now appears, cut the text there and return it."""
