@@ -52,10 +52,10 @@ class ModelRunner:
             layer.self_attn.bind_cache(self.k_cache[i], self.v_cache[i], self.block_size, self.use_paged_kernel)
         self.kv_cache_bytes = 2 * self.k_cache.numel() * self.k_cache.element_size()
 
-    def _slots(self, block_table: list[int], start: int, end: int) -> torch.Tensor:
-        pos = torch.arange(start, end)
-        table = torch.tensor(block_table, dtype=torch.long)
-        return table[pos // self.block_size] * self.block_size + pos % self.block_size
+    def _slots(self, block_table: list[int], start: int, end: int) -> list[int]:
+        """Cache slots of positions start..end-1, as Python ints: a decode row is one slot, not 4 torch calls."""
+        bs = self.block_size
+        return [block_table[p // bs] * bs + p % bs for p in range(start, end)]
 
     def prepare(self, batch: ScheduledBatch):
         input_ids, positions, slot_mapping = [], [], []
@@ -65,14 +65,13 @@ class ModelRunner:
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
             input_ids.extend(seq.token_ids[start:end])
             positions.extend(range(start, end))
-            table, bs = seq.block_table, self.block_size      # Python ints: a decode row is one slot, not 4 torch calls
-            slot_mapping.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            slot_mapping.extend(self._slots(seq.block_table, start, end))
             if self.use_paged_kernel or (n == 1 and start > 0):
                 decode_rows.extend(range(row, row + n))
                 decode_groups.append((seq, n))
                 context_lens.extend(range(start + 1, end + 1))
             else:
-                prefills.append(PrefillChunk(row, n, self._slots(seq.block_table, 0, end)))
+                prefills.append(PrefillChunk(row, n, torch.tensor(self._slots(seq.block_table, 0, end), dtype=torch.long)))
             row += n
             if end == seq.num_tokens:                    # this step reaches the newest token: sample
                 logits_rows.append(row - 1)

@@ -19,8 +19,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from kernels import build
 from backend.models.layers import RotaryEmbedding, apply_rotary
+from kernels import build
 from kernels.cpu_attention import paged_attention_decode, rotary_write_kv
 
 HQ, HKV, D, S = 9, 3, 64, 16
