@@ -4,12 +4,12 @@
 // Legend: R rows, V vocabulary. logits fp32 [R, V], out int64 [R] (contiguous, checked in kernels/cpu_argmax.py).
 // Why: torch's CPU argmax walks a row one element at a time (about 0.5-1 ms for 16 rows of 49152 in every
 // decode step); this keeps 4 registers of running maxima with their indices (64 lanes with AVX-512, 32 with
-// AVX2), a compare and two blends per register of values. Each lane keeps its first maximum (strict >), and lanes tie-break to the
-// smaller index: the first maximum of the row. Other builds run the same lanes in plain C++. Rows split over the task pool; a row's answer depends on that row alone.
+// AVX2), a compare and two blends per register of values. Each lane keeps its first maximum (strict >), and
+// lanes tie-break to the smaller index: the first maximum of the row. Other builds run the same lanes in plain
+// C++. Rows split over the task pool; a row's answer depends on that row alone.
 // Reference: torch.argmax (kernels/test_cpu_argmax.py).
 #include "argmax.h"
 
-#include <cmath>
 #include <limits>
 
 #if defined(__AVX512F__) || defined(__AVX2__)
