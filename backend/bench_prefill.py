@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             engine.generate(ids[:n], SamplingParams(max_tokens=1))
             times.append(time.perf_counter() - t0)
         ms = 1000 * statistics.median(times)
-        print(f"| {n} | {ms:.0f} | {', '.join(f'{1000 * t:.0f}' for t in times)} | {n / ms * 1000:.0f} |", flush=True)
+        print(f"| {n} | {ms:.1f} | {', '.join(f'{1000 * t:.1f}' for t in times)} | {n / ms * 1000:.0f} |", flush=True)
     return 0
 
 
