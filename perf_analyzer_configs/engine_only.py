@@ -5,7 +5,8 @@
 
 Each of C clients sends the next request of the load report's input (its prompts, max_tokens and min_tokens)
 as soon as its previous request finishes, and this thread steps the engine, as the server's engine thread
-does. Per level it prints engine steps, ms per step, tokens per step and output tok/s. Next to
+does. Per level it prints engine steps, ms per step, tokens per step, output tok/s, and TTFT and inter-token
+latency (p50, p99) of the requests sent and finished in the timed seconds, as load_report defines them. Next to
 load_report's table, it separates the engine's own scaling from what the serving layer (Triton, the
 Python stub's IPC, the response thread) and perf_analyzer cost on the same cores.
 """
@@ -21,6 +22,7 @@ from backend.config import EngineConfig
 from backend.default_model import model_dir_or_default
 from backend.serve import parse_params
 from perf_analyzer_configs.load_report import DEFAULT_PARAMS, INPUTS
+from perf_analyzer_configs.summarize import percentile
 
 WARMUP_STEPS = 20
 
@@ -35,17 +37,22 @@ def load_requests(path: Path) -> list[tuple[str, SamplingParams]]:
 
 def run_level(engine: LLMEngine, requests: list, concurrency: int, seconds: float) -> dict:
     open_ids, sent = set(), 0
+    sent_at, token_times = {}, {}          # request id -> send time; -> times its tokens came out
 
     def send() -> None:
         nonlocal sent
         prompt, params = requests[sent % len(requests)]
         request_id = f"c{concurrency}-{sent}"
         engine.add_request(request_id, prompt, params)
+        sent_at[request_id] = time.perf_counter()
+        token_times[request_id] = []
         open_ids.add(request_id)
         sent += 1
 
     def refill(outputs) -> None:           # a client sends its next request when its previous one finishes
+        now = time.perf_counter()
         for o in outputs:
+            token_times[o.request_id].extend([now] * len(o.new_token_ids))
             if o.finished:
                 open_ids.discard(o.request_id)
                 send()
@@ -67,8 +74,18 @@ def run_level(engine: LLMEngine, requests: list, concurrency: int, seconds: floa
         engine.abort(request_id)
     while engine.has_unfinished_requests():
         engine.step()
+    # Latencies of the requests sent and finished inside the timed seconds (genai-perf's definitions, as in
+    # load_report): TTFT = first token - send; ITL = (last - first token) / (tokens - 1) per request.
+    done = [r for r, t in token_times.items() if r not in open_ids and len(t) > 1 and start <= sent_at[r] <= t[-1] <= start + wall]
+    ttft = [1000 * (token_times[r][0] - sent_at[r]) for r in done]
+    itl = [1000 * (token_times[r][-1] - token_times[r][0]) / (len(token_times[r]) - 1) for r in done]
+
+    def p(values, q):
+        return percentile(values, q) if values else float("nan")
+
     return dict(concurrency=concurrency, steps=len(steps), step_ms=1000 * statistics.mean(steps),
-                tokens_per_step=tokens / len(steps), tok_s=tokens / wall)
+                tokens_per_step=tokens / len(steps), tok_s=tokens / wall, requests=len(done),
+                ttft_p50=p(ttft, 0.5), ttft_p99=p(ttft, 0.99), itl_p50=p(itl, 0.5), itl_p99=p(itl, 0.99))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,10 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     requests = load_requests(INPUTS.get(args.input, Path(args.input)))
     rows = [run_level(engine, requests, c, args.seconds) for c in args.concurrency]
     print(f"engine alone, input {args.input}, {params}, {args.seconds:.0f} s per level after {WARMUP_STEPS} steps:")
-    print("| concurrency | steps | ms per step | tokens/step | output tok/s | vs first level |\n|---:|---:|---:|---:|---:|---:|")
+    print("| concurrency | steps | ms per step | tokens/step | output tok/s | vs first level | requests | TTFT p50 / p99 (ms) "
+          "| ITL p50 / p99 (ms) | p99 ITL vs first level |\n|---:|---:|---:|---:|---:|---:|---:|---|---|---:|")
     for r in rows:
         print(f"| {r['concurrency']} | {r['steps']} | {r['step_ms']:.1f} | {r['tokens_per_step']:.1f} | {r['tok_s']:.1f} | "
-              f"{r['tok_s'] / rows[0]['tok_s']:.2f}x |")
+              f"{r['tok_s'] / rows[0]['tok_s']:.2f}x | {r['requests']} | {r['ttft_p50']:.1f} / {r['ttft_p99']:.1f} | "
+              f"{r['itl_p50']:.1f} / {r['itl_p99']:.1f} | {r['itl_p99'] / rows[0]['itl_p99']:.2f}x |")
     return 0
 
 
