@@ -31,6 +31,9 @@ TRITONSERVER = PYTRITON / "pytriton" / "tritonserver" / "bin" / "tritonserver"
 BACKENDS = ROOT / ".tools" / "backends"
 REPOSITORY = ROOT / "model_repository"
 MODEL_NAME = "moe_llm"
+# config.pbtxt is complete and model.py has no auto_complete_config. Without this flag the Python backend first starts
+# a throwaway stub that imports model.py (torch and all) only to ask for one: 1.9 s of every start-up.
+MODEL_LOAD_ARGS = ("--disable-auto-complete-config",)
 # --param keys that set Triton's own config fields (TRT-LLM's fill_template names) rather than `parameters`.
 TRITON_FIELDS = ("triton_max_batch_size", "max_queue_delay_microseconds", "max_queue_size")
 
@@ -113,7 +116,7 @@ class TritonServer:
                 f"--http-address={self.host}", f"--http-port={self.http_port}",
                 f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
                 f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
-                "--allow-gpu-metrics=false", f"--exit-timeout-secs={self.exit_timeout_s}",
+                "--allow-gpu-metrics=false", *MODEL_LOAD_ARGS, f"--exit-timeout-secs={self.exit_timeout_s}",
                 f"--log-verbose={self.log_verbose}"]
 
     def start(self) -> "TritonServer":
@@ -147,7 +150,7 @@ class TritonServer:
                         return
             except OSError:
                 pass
-            time.sleep(0.5)
+            time.sleep(0.1)   # a cheap local GET: noticing ready sooner is worth more than fewer polls
         raise TimeoutError(f"tritonserver not ready after {self.startup_timeout_s:.0f} s; log {self.log_file}:\n"
                            f"{self.log_tail()}")
 

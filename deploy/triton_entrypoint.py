@@ -24,7 +24,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from backend.errors import ConfigError
-from backend.serve import MODEL_NAME, parse_params, render_repository
+from backend.serve import MODEL_LOAD_ARGS, MODEL_NAME, parse_params, render_repository
 
 
 def host_policy_names(tritonserver_args: list[str]) -> list[str]:
@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     binary = os.environ.get("TRITONSERVER", "tritonserver")
-    command = [binary, f"--model-repository={repository}", *tritonserver_args]
+    load_args = [a for a in MODEL_LOAD_ARGS if a not in tritonserver_args]
+    command = [binary, f"--model-repository={repository}", *load_args, *tritonserver_args]
     print(f"triton_entrypoint: {shlex.join(command)}", file=sys.stderr if not opts.dry_run else sys.stdout, flush=True)
     if opts.dry_run:
         return 0

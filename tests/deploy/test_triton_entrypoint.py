@@ -32,7 +32,8 @@ def test_dry_run_fills_the_parameters_and_binds_one_instance_per_host_policy(tin
                 "--http-port=8000", "--host-policy=numa0,numa-node=0", "--host-policy=numa0,cpu-cores=0-15",
                 "--host-policy", "numa1,numa-node=1"], cwd=REPO)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().endswith(f"tritonserver --model-repository={tmp_path / 'repo'} --http-port=8000 "
+    assert proc.stdout.strip().endswith(f"tritonserver --model-repository={tmp_path / 'repo'} "
+                                        "--disable-auto-complete-config --http-port=8000 "
                                         "--host-policy=numa0,numa-node=0 --host-policy=numa0,cpu-cores=0-15 "
                                         "--host-policy numa1,numa-node=1")
     config = rendered_config(tmp_path / "repo")
