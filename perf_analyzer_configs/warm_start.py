@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         warm_client(server.grpc_url)
         for name, prompt in PROMPTS.items():    # "short" goes first: it is the first request of the server
             rows[name] = measure(server.grpc_url, prompt, args.repeats, args.max_tokens)
-    print(f"warm start of {model_dir.name}: ready after {ready_s:.1f} s (load + warm-up)\n")
+    print(f"warm start of {model_dir.name}: ready after {ready_s:.2f} s (load + warm-up; readiness polled every 0.1 s)\n")
     print("| prompt | first request TTFT (s) | steady TTFT median (s) | first / steady | target |")
     print("|---|---:|---:|---:|---:|")
     for name, r in rows.items():

@@ -102,5 +102,8 @@ def test_start_up_log_says_how_many_requests_fit_and_warns(no_evict_server, max_
     # 4096 tokens against max_seq_len 4096: one max-length request fits, so guaranteed_no_evict warns.
     assert "KV cache: 4096 tokens = 256 blocks x 16 tokens" in text
     assert re.search(r"1 max-length \(4096-token\) requests fit", text)
+    # The start-up heap (torch, transformers, the engine: well over 100k objects) is out of the cyclic GC's way.
+    frozen = re.search(r"; (\d+) start-up objects frozen out of the GC", text)
+    assert frozen and int(frozen.group(1)) > 100_000, text[-3000:]
     assert re.search(r"^W\d{4} .*guaranteed_no_evict reserves prompt \+ max_tokens", text, re.M), text[-3000:]
     assert "guaranteed_no_evict reserves" not in log_text(max_util_server)
