@@ -76,7 +76,8 @@ def run_level(engine: LLMEngine, requests: list, concurrency: int, seconds: floa
         engine.step()
     # Latencies of the requests sent and finished inside the timed seconds (genai-perf's definitions, as in
     # load_report): TTFT = first token - send; ITL = (last - first token) / (tokens - 1) per request.
-    done = [r for r, t in token_times.items() if r not in open_ids and len(t) > 1 and start <= sent_at[r] <= t[-1] <= start + wall]
+    done = [r for r, t in token_times.items()
+            if r not in open_ids and len(t) > 1 and start <= sent_at[r] <= t[-1] <= start + wall]
     ttft = [1000 * (token_times[r][0] - sent_at[r]) for r in done]
     itl = [1000 * (token_times[r][-1] - token_times[r][0]) / (len(token_times[r]) - 1) for r in done]
 

@@ -77,7 +77,7 @@ def materialize(model: torch.nn.Module, dtype: torch.dtype) -> None:
     imports sympy: 0.2 s of every start-up."""
     for module in model.modules():
         for table in (module._parameters, module._buffers):
-            for name, t in table.items():
+            for name, t in list(table.items()):
                 if t is None:
                     continue
                 new = torch.empty(t.shape, dtype=dtype if t.is_floating_point() else t.dtype)
