@@ -236,11 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # SystemExit unwinds into server.stop()
     gateway = None
     try:
+        start = time.monotonic()
         server.start()
+        ready_s = time.monotonic() - start
         if args.with_gateway:
             gateway = start_gateway(server, model_dir, args.host)
-        print(f"\nmoe_llm is ready ({model_dir})\n  HTTP    http://{server.http_url}\n  gRPC    {server.grpc_url}\n"
-              f"  metrics {server.metrics_url}\n\ntry:\n  curl -N http://{server.http_url}/v2/models/{MODEL_NAME}/"
+        print(f"\nmoe_llm is ready after {ready_s:.1f} s ({model_dir})\n  HTTP    http://{server.http_url}\n"
+              f"  gRPC    {server.grpc_url}\n  metrics {server.metrics_url}\n\ntry:\n  curl -N http://{server.http_url}/v2/models/{MODEL_NAME}/"
               "generate_stream -d '{\"text_input\": \"The capital of France is\", \"max_tokens\": 32, "
               "\"stream\": true}'\n  python -m client.generate \"The capital of France is\"\n", flush=True)
         if gateway is not None:
