@@ -43,7 +43,12 @@ def test_v1_batches_run_to_completion_through_the_server(static_server):
     assert min(s.first for s in batch) > cancelled_at, "the batch started only after the blocker's batch ended"
     assert max(s.first for s in batch) < min(s.last for s in batch), "the three ran as one batch"
     assert late.sent_at < min(s.last for s in batch), "test precondition: the late request came during the batch"
-    assert late.first > max(s.last for s in batch), "the late request waited for the whole batch, not for a slot"
+    # The late request waited for the whole batch, not for a slot. The client sees each stream's responses on its
+    # own thread, so the batch's final response may land a moment after the late request's first token (2.7 ms
+    # once, in CI); a V1 server that admitted it into the running batch would show it ~280 tokens early.
+    longest = max(batch, key=lambda s: s.last)
+    after = sum(t > late.first for t in longest.arrivals)
+    assert after <= 2, f"{after} responses of the batch came after the late request's first token"
 
 
 def test_inflight_batching_starts_a_late_request_at_once(no_evict_server):
