@@ -7,7 +7,7 @@ scattered over the cache), two kinds of rows, as the engine runs them:
   - decode: B requests with L tokens of context, one query each. Torch path: gather each context, then SDPA.
   - prefill: one prompt of P tokens (its K/V already in the cache). Torch path: SDPA, causal, on the prompt's K/V.
 And what each layer runs before them on a step of N new tokens: rotary on q and k and the K/V cache write
-(kernels.cpu_attention.rotary_write_kv; torch path: apply_rotary twice, then index_put).
+(kernels.cpu_attention.rotary_write_kv; torch path: backend.models.attention.torch_rotary_write_kv).
 The kernel runs on the extension's task pool with every core (the engine's setting); torch on one thread (the
 engine's setting for torch ops beside the pool) and on every core. Prints ms per call (median) and the ratios.
 """
@@ -19,7 +19,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from backend.models.layers import RotaryEmbedding, apply_rotary
+from backend.models.attention import torch_rotary_write_kv
+from backend.models.layers import RotaryEmbedding
 from kernels import build
 from kernels.cpu_attention import paged_attention_decode, rotary_write_kv
 
@@ -51,12 +52,6 @@ def torch_decode(q, k_cache, v_cache, tables, lens):
 
 def torch_prefill(q, k, v):
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=SCALE, enable_gqa=True)
-
-
-def torch_rotary_write_kv(q, k, v, cos, sin, k_cache, v_cache, slots):
-    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-    k_cache[slots], v_cache[slots] = k.to(k_cache.dtype), v.to(v_cache.dtype)
-    return q
 
 
 def timed(fn, repeats: int) -> float:

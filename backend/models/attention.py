@@ -18,6 +18,15 @@ from backend.models.spec import ModelSpec
 from kernels.cpu_attention import paged_attention_decode, rotary_write_kv
 
 
+def torch_rotary_write_kv(q, k, v, cos, sin, k_cache, v_cache, slot_mapping) -> tuple[torch.Tensor, torch.Tensor]:
+    """Torch path of kernels.cpu_attention.rotary_write_kv (and its reference): rotary on q and k, then k and v into
+    their cache slots. Returns the rotated q and k: whole-prompt SDPA prefills attend over this step's k."""
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    k_cache[slot_mapping] = k.to(k_cache.dtype)
+    v_cache[slot_mapping] = v.to(v_cache.dtype)
+    return q, k
+
+
 @dataclass
 class PrefillChunk:
     start: int                 # first row of this request in the step's N tokens
@@ -98,9 +107,7 @@ class Attention(nn.Module):
         if self.rotary_write_kv is not None and q.dtype == torch.float32 and not meta.prefills:   # k, v: cache only
             q = self.rotary_write_kv(q, k, v, cos, sin, self.k_cache, self.v_cache, meta.slot_mapping)
         else:
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-            self.k_cache[meta.slot_mapping] = k.to(self.k_cache.dtype)
-            self.v_cache[meta.slot_mapping] = v.to(self.v_cache.dtype)
+            q, k = torch_rotary_write_kv(q, k, v, cos, sin, self.k_cache, self.v_cache, meta.slot_mapping)
         if not meta.prefills:                                           # decode-only step: rows are the decode rows
             return self.o_proj(self._decode(q, meta.decode).reshape(n, -1))
         if self.k_cache.dtype != k.dtype:   # a whole-prompt prefill sees K/V as rounded in the cache, like every later step
